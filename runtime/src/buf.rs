@@ -1,0 +1,183 @@
+//! Shard-local pools: fixed-size I/O buffers and per-request bump arenas.
+//!
+//! Buffers are `Vec<u8>` with a fixed capacity, taken when a connection has bytes to hold
+//! (reassembly of a request that spans receive buffers, or a response being written) and given back
+//! when it goes idle or closes, so an idle connection holds none. The pool keeps what it gets back
+//! up to a cap and counts in-use, free and high-water buffers. Arenas are `bumpalo::Bump`s that are
+//! reset, not freed, between requests.
+//!
+//! Both pools are `Rc`-shared inside one shard and must never cross threads.
+
+use std::{cell::RefCell, rc::Rc};
+
+use bumpalo::Bump;
+
+/// Default size of a pooled I/O buffer: 16 KiB holds any request head under the default limits.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// How many free buffers a pool keeps before it lets returned ones go to the allocator.
+pub const DEFAULT_POOL_KEEP: usize = 1024;
+
+/// Counters of a buffer pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers handed out and not yet returned.
+    pub in_use: usize,
+    /// Buffers waiting in the pool.
+    pub free: usize,
+    /// Highest `in_use` seen.
+    pub high_water: usize,
+    /// Buffer size in bytes.
+    pub buffer_size: usize,
+}
+
+struct PoolInner {
+    free: Vec<Vec<u8>>,
+    size: usize,
+    keep: usize,
+    in_use: usize,
+    high_water: usize,
+}
+
+/// A shard's pool of fixed-size buffers. Cloning shares the pool.
+#[derive(Clone)]
+pub struct BufferPool {
+    inner: Rc<RefCell<PoolInner>>,
+}
+
+impl BufferPool {
+    /// A pool of `size`-byte buffers keeping up to `keep` free ones.
+    pub fn new(size: usize, keep: usize) -> Self {
+        BufferPool {
+            inner: Rc::new(RefCell::new(PoolInner {
+                free: Vec::new(),
+                size,
+                keep,
+                in_use: 0,
+                high_water: 0,
+            })),
+        }
+    }
+
+    /// Takes an empty buffer with at least the pool's capacity.
+    pub fn take(&self) -> Vec<u8> {
+        let mut p = self.inner.borrow_mut();
+        p.in_use += 1;
+        p.high_water = p.high_water.max(p.in_use);
+        match p.free.pop() {
+            Some(b) => b,
+            None => Vec::with_capacity(p.size),
+        }
+    }
+
+    /// Gives a buffer back. Buffers that grew past twice the pool size are dropped, so one huge
+    /// request does not pin memory forever.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        let mut p = self.inner.borrow_mut();
+        p.in_use = p.in_use.saturating_sub(1);
+        if p.free.len() < p.keep && buf.capacity() >= p.size && buf.capacity() <= 2 * p.size {
+            buf.clear();
+            p.free.push(buf);
+        }
+    }
+
+    /// The pool's counters.
+    pub fn stats(&self) -> PoolStats {
+        let p = self.inner.borrow();
+        PoolStats {
+            in_use: p.in_use,
+            free: p.free.len(),
+            high_water: p.high_water,
+            buffer_size: p.size,
+        }
+    }
+
+    /// The size of one buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.inner.borrow().size
+    }
+}
+
+/// A shard's pool of bump arenas for per-request scratch.
+#[derive(Clone)]
+pub struct ArenaPool {
+    free: Rc<RefCell<Vec<Bump>>>,
+    chunk: usize,
+}
+
+impl ArenaPool {
+    /// A pool whose arenas start with `chunk` bytes.
+    pub fn new(chunk: usize) -> Self {
+        ArenaPool {
+            free: Rc::new(RefCell::new(Vec::new())),
+            chunk,
+        }
+    }
+
+    /// Takes an arena (reset, with its memory kept from earlier use).
+    pub fn take(&self) -> Bump {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Bump::with_capacity(self.chunk))
+    }
+
+    /// Resets an arena and gives it back.
+    pub fn give(&self, mut arena: Bump) {
+        arena.reset();
+        let mut f = self.free.borrow_mut();
+        if f.len() < DEFAULT_POOL_KEEP {
+            f.push(arena);
+        }
+    }
+
+    /// Arenas waiting in the pool.
+    pub fn free(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_return_to_baseline() {
+        let pool = BufferPool::new(1024, 8);
+        let a = pool.take();
+        let b = pool.take();
+        assert_eq!(pool.stats().in_use, 2);
+        assert!(a.capacity() >= 1024);
+        pool.give(a);
+        pool.give(b);
+        let s = pool.stats();
+        assert_eq!((s.in_use, s.free, s.high_water), (0, 2, 2));
+        let c = pool.take();
+        assert_eq!(pool.stats().free, 1, "reused from the pool");
+        pool.give(c);
+    }
+
+    #[test]
+    fn oversized_buffers_are_not_kept() {
+        let pool = BufferPool::new(1024, 8);
+        let mut a = pool.take();
+        a.reserve(10_000);
+        pool.give(a);
+        assert_eq!(pool.stats().free, 0);
+        assert_eq!(pool.stats().in_use, 0);
+    }
+
+    #[test]
+    fn arenas_are_reset_not_freed() {
+        let pool = ArenaPool::new(4096);
+        let a = pool.take();
+        let s: &mut [u8] = a.alloc_slice_fill_copy(100, 7u8);
+        assert_eq!(s.len(), 100);
+        let before = a.allocated_bytes();
+        pool.give(a);
+        let b = pool.take();
+        assert_eq!(b.allocated_bytes(), before, "memory kept");
+        pool.give(b);
+        assert_eq!(pool.free(), 1);
+    }
+}

@@ -1,0 +1,91 @@
+//! The `percore` command line: parses arguments with clap and runs a subcommand.
+//!
+//! Every failure is one line on stderr and a non-zero exit status: 2 for bad arguments, 1 for
+//! everything else (address in use, unsupported kernel, bad config). Nothing here panics on input.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use percore_runtime::cpus::{parse_cpu_list, CpuSelection};
+
+/// percore: a thread-per-core io_uring HTTP/1.1 server.
+#[derive(Parser, Debug)]
+#[command(name = "percore", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `percore serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable). Port 0 picks a free port. Default 127.0.0.1:8080.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// CPUs to run shards on, e.g. `0,2-5` (default: every CPU this process may use).
+    #[arg(long, value_name = "LIST", conflicts_with = "shards")]
+    pub cpus: Option<String>,
+    /// Number of shards, on the first CPUs of the affinity mask.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Write the serving process's pid here.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<std::path::PathBuf>,
+    /// Spin this many microseconds before parking an idle shard (lower latency at low load).
+    #[arg(long, value_name = "MICROS", default_value_t = 0)]
+    pub idle_spin_us: u64,
+}
+
+impl ServeArgs {
+    /// The CPU selection the flags ask for.
+    pub fn cpu_selection(&self) -> Result<CpuSelection, String> {
+        if let Some(list) = &self.cpus {
+            return parse_cpu_list(list)
+                .map(CpuSelection::List)
+                .map_err(|e| e.to_string());
+        }
+        if let Some(n) = self.shards {
+            return Ok(CpuSelection::Count(n));
+        }
+        Ok(CpuSelection::All)
+    }
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return 0;
+            }
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
+            eprintln!("percore: {first} (see percore --help)");
+            return 2;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => crate::serve::run(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("percore: {e}");
+            1
+        }
+    }
+}

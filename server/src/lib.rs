@@ -1,0 +1,9 @@
+//! # percore-server
+//!
+//! The HTTP/1.1 server on top of `percore-runtime`, and the `percore` command line.
+//!
+//! - [`cli`]: argument parsing and the subcommands (`serve`, `demo`).
+//! - [`serve`]: bootstrap (bind or inherit listeners, start shards) and the per-shard service.
+
+pub mod cli;
+pub mod serve;
