@@ -184,6 +184,10 @@ struct Slot {
     dropped: bool,
     deadline: Option<Instant>,
     timed_out: bool,
+    /// Between requests: a drain may close it.
+    idle: bool,
+    /// Closed by a drain while idle.
+    drained: bool,
     /// Connect target, kept alive while the connect is in flight.
     connect_addr: Option<Box<socket2::SockAddr>>,
     connect_res: Option<i32>,
@@ -206,6 +210,8 @@ impl Slot {
             dropped: false,
             deadline: None,
             timed_out: false,
+            idle: false,
+            drained: false,
             connect_addr: None,
             connect_res: None,
         }
@@ -347,6 +353,9 @@ struct State {
     rearm: VecDeque<Key>,
     with_deadline: usize,
     stats: EngineStats,
+    draining: bool,
+    /// Woken when the last connection's slot is freed.
+    on_empty: Option<Waker>,
 }
 
 /// The shared inside of an [`Engine`].
@@ -407,6 +416,8 @@ impl Engine {
                     listeners: GenSlab::new(),
                     rearm: VecDeque::new(),
                     with_deadline: 0,
+                    draining: false,
+                    on_empty: None,
                     stats: EngineStats {
                         recv_buffers_total: config.recv_buffers as u64,
                         ..Default::default()
@@ -444,6 +455,88 @@ impl Engine {
             .filter(|(_, s)| !s.dropped)
             .map(|(k, _)| ConnId(k))
             .collect()
+    }
+
+    /// Starts draining: idle connections (see [`Conn::set_idle`]) are woken and their `recv`
+    /// fails with [`Error::Closed`]; busy ones finish their request, see [`Engine::is_draining`]
+    /// and close. Returns how many connections were open.
+    pub fn begin_drain(&self) -> usize {
+        let mut st = self.inner.st.borrow_mut();
+        st.draining = true;
+        let open = st.conns.iter().filter(|(_, s)| !s.dropped).count();
+        for (_, s) in st.conns.iter_mut() {
+            if s.idle && s.rx_head == NO_BID && !s.dropped {
+                s.drained = true;
+                if let Some(w) = s.reader.take() {
+                    w.wake();
+                }
+            }
+        }
+        open
+    }
+
+    /// Whether a drain has begun: a server answers its last response with `Connection: close`.
+    pub fn is_draining(&self) -> bool {
+        self.inner.st.borrow().draining
+    }
+
+    /// Shuts down every open connection's socket (both directions): their tasks see end of stream
+    /// or an error and finish. Returns how many were open.
+    pub fn force_close_all(&self) -> usize {
+        let st = self.inner.st.borrow();
+        let mut n = 0;
+        for (_, s) in st.conns.iter() {
+            if !s.dropped {
+                sys::shutdown(s.fd, libc::SHUT_RDWR);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Waits until no connection is open (every slot freed).
+    pub async fn all_closed(&self) {
+        poll_fn(|cx| {
+            let mut st = self.inner.st.borrow_mut();
+            if st.conns.is_empty() {
+                Poll::Ready(())
+            } else {
+                st.on_empty = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Drains: stops the acceptors, closes idle connections, lets busy ones finish until
+    /// `deadline`, then force-closes (shuts down) the sockets of what is left.
+    pub async fn drain(&self, acceptors: &[Acceptor], deadline: Instant) -> DrainReport {
+        for a in acceptors {
+            a.stop();
+        }
+        let open = self.begin_drain();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let graceful = futures_lite::future::or(
+            async {
+                self.all_closed().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(left).await;
+                false
+            },
+        )
+        .await;
+        let mut forced = 0;
+        if !graceful {
+            // Sockets are shut down now (peers see the close at once); tasks still holding a
+            // `Conn` find the error the next time they touch it. Nothing waits for them.
+            forced = self.force_close_all();
+        }
+        DrainReport {
+            open_at_start: open,
+            force_closed: forced,
+        }
     }
 
     /// Asks the driver to stop after its current turn.
@@ -957,6 +1050,11 @@ impl Inner {
                 st.with_deadline -= 1;
             }
             st.stats.closed += 1;
+            if st.conns.is_empty() {
+                if let Some(w) = st.on_empty.take() {
+                    w.wake();
+                }
+            }
             drop(st);
             sys::close(s.fd);
             self.free_slot_buffers(s);
@@ -1019,6 +1117,15 @@ impl Inner {
         }
         self.op_done(key);
     }
+}
+
+/// What a drain did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections open when the drain began.
+    pub open_at_start: usize,
+    /// Connections still open at the deadline, closed by force.
+    pub force_closed: usize,
 }
 
 /// A connection's generation-checked id within its shard.
@@ -1239,6 +1346,9 @@ impl Conn {
         if s.timed_out {
             return Poll::Ready(Err(Error::TimedOut));
         }
+        if s.drained {
+            return Poll::Ready(Err(Error::Closed));
+        }
         match s.rx {
             RxState::Eof => Poll::Ready(Ok(None)),
             RxState::Failed(e) => Poll::Ready(Err(Error::from_cqe("recv", -e))),
@@ -1350,6 +1460,26 @@ impl Conn {
             (true, false) => st.with_deadline -= 1,
             _ => {}
         }
+    }
+
+    /// Marks the connection idle (waiting for a new request, nothing in progress) or busy. A drain
+    /// closes idle connections at once and lets busy ones finish.
+    pub fn set_idle(&mut self, idle: bool) {
+        let mut st = self.eng.st.borrow_mut();
+        let draining = st.draining;
+        let s = st
+            .conns
+            .get_mut(self.key)
+            .expect("slot lives while its Conn does");
+        s.idle = idle;
+        if idle && draining && s.rx_head == NO_BID {
+            s.drained = true;
+        }
+    }
+
+    /// Whether the shard is draining (answer with `Connection: close` and stop).
+    pub fn is_draining(&self) -> bool {
+        self.eng.st.borrow().draining
     }
 
     /// Sends FIN after what is queued (half close); receiving goes on.

@@ -36,7 +36,7 @@ pub mod slab;
 pub mod sys;
 
 pub use engine::{
-    Acceptor, Conn, ConnId, Engine, EngineConfig, EngineStats, IdleStrategy, RecvBuf,
+    Acceptor, Conn, ConnId, DrainReport, Engine, EngineConfig, EngineStats, IdleStrategy, RecvBuf,
 };
 pub use error::{Error, Result};
 pub use listener::ListenerTable;

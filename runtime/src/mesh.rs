@@ -14,6 +14,7 @@ use std::{
     cell::RefCell,
     future::poll_fn,
     rc::Rc,
+    sync::{Arc, Mutex},
     task::{Poll, Waker},
 };
 
@@ -52,15 +53,22 @@ enum Pending<M> {
     Done(Option<M>),
 }
 
-/// Configures the mesh before the shards start; clone it into every shard and `join` there.
+/// Configures the mesh before the shards start; share it with every shard and `join` there.
+///
+/// glommio's `MeshBuilder` keeps an `Rc` inside and is only safe to clone on one thread, so all
+/// per-shard copies are made here, on the thread that creates the config, and each shard takes
+/// its own. The mutex is touched once per shard at start-up, never on the message path.
 pub struct MeshConfig<M: Send + 'static> {
-    builder: MeshBuilder<Envelope<M>, Full>,
+    slots: Arc<Mutex<Vec<Option<PeerBuilder<M>>>>>,
 }
+
+/// One shard's copy of glommio's mesh builder.
+type PeerBuilder<M> = MeshBuilder<Envelope<M>, Full>;
 
 impl<M: Send + 'static> Clone for MeshConfig<M> {
     fn clone(&self) -> Self {
         MeshConfig {
-            builder: self.builder.clone(),
+            slots: self.slots.clone(),
         }
     }
 }
@@ -68,20 +76,41 @@ impl<M: Send + 'static> Clone for MeshConfig<M> {
 impl<M: Send + 'static> MeshConfig<M> {
     /// A full mesh of `shards` peers with `queue` slots per direction.
     pub fn new(shards: usize, queue: usize) -> Self {
+        let b = MeshBuilder::full(shards, queue);
+        let slots = (0..shards).map(|_| Some(b.clone())).collect();
+        // The original stays alive for the life of the process, so that the clones' reference
+        // count can never reach zero while another thread still holds one.
+        std::mem::forget(b);
         MeshConfig {
-            builder: MeshBuilder::full(shards, queue),
+            slots: Arc::new(Mutex::new(slots)),
         }
     }
 
-    /// Joins the mesh from a shard (every shard must, before any message flows) and starts the
-    /// receive tasks that run `handler`.
-    pub async fn join(self, handler: impl MeshHandler<M>) -> Result<Mesh<M>> {
-        let (senders, mut receivers) = self
-            .builder
+    /// Joins the mesh from shard `shard` (every shard must, before any message flows) and starts
+    /// the receive tasks that run `handler`.
+    ///
+    /// glommio orders mesh peers by executor id; the runtime creates executors in shard order, so
+    /// peer ids equal shard ids, and this checks it.
+    pub async fn join(&self, shard: usize, handler: impl MeshHandler<M>) -> Result<Mesh<M>> {
+        let builder = self
+            .slots
+            .lock()
+            .map_err(|_| Error::Mesh("mesh config poisoned".into()))?
+            .get_mut(shard)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                Error::Mesh(format!("shard {shard} has no mesh slot or joined twice"))
+            })?;
+        let (senders, mut receivers) = builder
             .join()
             .await
             .map_err(|e| Error::Mesh(format!("join: {e}")))?;
         let me = senders.peer_id();
+        if me != shard {
+            return Err(Error::Mesh(format!(
+                "shard {shard} got mesh peer id {me}: executors were not created in shard order"
+            )));
+        }
         let n = senders.nr_consumers();
         let inner = Rc::new(MeshInner {
             me,
@@ -126,10 +155,8 @@ impl<M: Send + 'static> MeshInner<M> {
             Envelope::Reply(id, m) => {
                 let mut p = self.pending.borrow_mut();
                 if let Some(slot) = p.get_mut(Key::unpack(id)) {
-                    if let Pending::Waiting(w) = std::mem::replace(slot, Pending::Done(m)) {
-                        if let Some(w) = w {
-                            w.wake();
-                        }
+                    if let Pending::Waiting(Some(w)) = std::mem::replace(slot, Pending::Done(m)) {
+                        w.wake();
                     }
                 }
             }

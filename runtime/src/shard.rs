@@ -196,15 +196,15 @@ impl RuntimeBuilder {
                     source: e,
                 })?;
             threads.push(t);
-        }
-        drop(ready_tx);
-        for _ in 0..n {
+            // One shard at a time: glommio numbers executors in creation order and orders mesh
+            // peers by that number, so creating them in shard order makes peer id = shard id.
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => break, // a shard died before reporting; wait() will say why
+                Err(_) => break, // the shard died before reporting; wait() will say why
             }
         }
+        drop(ready_tx);
         Ok(Runtime {
             cpus,
             threads,

@@ -36,7 +36,7 @@ pub fn check_system() -> Result<()> {
     };
     // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < MIN_MEMLOCK {
+    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MIN_MEMLOCK {
         return Err(Error::Unsupported(format!(
             "RLIMIT_MEMLOCK is {} KiB: percore needs >= {} KiB (ulimit -l, systemd LimitMEMLOCK=)",
             lim.rlim_cur / 1024,

@@ -2,106 +2,13 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    sync::{mpsc, Arc},
+    net::TcpStream,
 };
 
-use percore_runtime::{
-    cpus::CpuSelection, engine::EngineConfig, listener::ListenerTable, Conn, RuntimeBuilder,
-};
+use percore_runtime::EngineConfig;
 
-/// Echoes every byte back until the peer closes.
-async fn echo(mut c: Conn) {
-    // Accepted sockets inherit TCP_NODELAY from the listener; a shard panic fails the test run.
-    assert!(c.nodelay().unwrap(), "accepted socket lacks TCP_NODELAY");
-    loop {
-        match c.recv().await {
-            Ok(Some(buf)) => {
-                c.write_buf().extend_from_slice(&buf);
-                drop(buf);
-                if c.flush().is_err() {
-                    return;
-                }
-                if c.unsent() > 1 << 20 && c.flushed().await.is_err() {
-                    return;
-                }
-            }
-            _ => break,
-        }
-    }
-    let _ = c.flushed().await;
-}
-
-struct Server {
-    addr: SocketAddr,
-    stats_tx: percore_runtime::ControlHandle<mpsc::Sender<(usize, percore_runtime::EngineStats)>>,
-}
-
-fn start_echo(shards: usize, engine: EngineConfig) -> Server {
-    let cpus = CpuSelection::Count(shards.min(percore_runtime::cpus::allowed_cpus().len()));
-    let n = cpus
-        .resolve(&percore_runtime::cpus::allowed_cpus())
-        .unwrap()
-        .len();
-    let table = Arc::new(
-        ListenerTable::bind(&["127.0.0.1:0".parse().unwrap()], &vec![0; n], 1024).unwrap(),
-    );
-    let addr = table.local_addrs()[0];
-    let rt = RuntimeBuilder::default()
-        .cpus(cpus)
-        .engine(engine)
-        .spawn(
-            table,
-            |mut shard: percore_runtime::Shard<
-                mpsc::Sender<(usize, percore_runtime::EngineStats)>,
-            >| async move {
-                let inbox = shard.take_inbox();
-                let engine = shard.engine.clone();
-                let id = shard.id;
-                glommio::spawn_local(inbox.run(move |reply: mpsc::Sender<_>| {
-                    let _ = reply.send((id, engine.stats()));
-                }))
-                .detach();
-                for l in shard.take_listeners() {
-                    let acc = shard.engine.listen(l.fd, l.local);
-                    glommio::spawn_local(async move {
-                        while let Ok(c) = acc.accept().await {
-                            glommio::spawn_local(echo(c)).detach();
-                        }
-                    })
-                    .detach();
-                }
-                futures_lite::future::pending::<()>().await;
-            },
-        )
-        .unwrap();
-    let stats_tx = rt.control();
-    std::mem::forget(rt);
-    Server { addr, stats_tx }
-}
-
-impl Server {
-    fn stats(&self) -> Vec<percore_runtime::EngineStats> {
-        let (tx, rx) = mpsc::channel();
-        self.stats_tx.broadcast(tx).unwrap();
-        let mut v: Vec<_> = (0..self.stats_tx.shards())
-            .map(|_| rx.recv().unwrap())
-            .collect();
-        v.sort_by_key(|(i, _)| *i);
-        v.into_iter().map(|(_, s)| s).collect()
-    }
-
-    /// Waits (on the engine's own counters, not on time) until every connection has closed.
-    fn wait_closed(&self) -> Vec<percore_runtime::EngineStats> {
-        loop {
-            let s = self.stats();
-            if s.iter().all(|s| s.open == 0) {
-                return s;
-            }
-            std::thread::yield_now();
-        }
-    }
-}
+mod support;
+use support::{echo, start};
 
 /// xorshift: deterministic split points and payloads.
 struct Rng(u64);
@@ -136,7 +43,7 @@ fn roundtrip(stream: &mut TcpStream, rng: &mut Rng, len: usize) {
 
 #[test]
 fn echo_keeps_every_byte_in_order_over_keepalive_and_fresh_connections() {
-    let srv = start_echo(2, EngineConfig::default());
+    let srv = start(2, EngineConfig::default(), echo);
     // 64 keep-alive connections, 10,000 exchanges in all, sizes spanning several 16 KiB buffers.
     let handles: Vec<_> = (0..64)
         .map(|i| {
@@ -162,15 +69,16 @@ fn echo_keeps_every_byte_in_order_over_keepalive_and_fresh_connections() {
         roundtrip(&mut s, &mut rng, len);
     }
     let stats = srv.wait_closed();
-    let accepted: u64 = stats.iter().map(|s| s.accepted).sum();
-    let closed: u64 = stats.iter().map(|s| s.closed).sum();
+    let accepted: u64 = stats.iter().map(|(s, _)| s.accepted).sum();
+    let closed: u64 = stats.iter().map(|(s, _)| s.closed).sum();
     assert_eq!(accepted, 464);
     assert_eq!(closed, 464, "every accepted connection closed cleanly");
-    for s in &stats {
+    for (s, pool) in &stats {
         assert_eq!(
             s.recv_buffers_in_use, 0,
             "receive buffers back in the ring: {s:?}"
         );
+        assert_eq!(pool.in_use, 0, "write buffers back in the pool: {pool:?}");
     }
 }
 
@@ -182,7 +90,7 @@ fn an_exhausted_buffer_ring_loses_nothing() {
         recv_buffer_size: 1024,
         ..EngineConfig::default()
     };
-    let srv = start_echo(1, cfg);
+    let srv = start(1, cfg, echo);
     let mut streams: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(srv.addr).unwrap())
         .collect();
@@ -200,16 +108,16 @@ fn an_exhausted_buffer_ring_loses_nothing() {
     drop(streams);
     let stats = srv.wait_closed();
     assert!(
-        stats[0].recv_nobufs > 0,
+        stats[0].0.recv_nobufs > 0,
         "the ring really ran dry: {:?}",
         stats[0]
     );
-    assert_eq!(stats[0].recv_buffers_in_use, 0);
+    assert_eq!(stats[0].0.recv_buffers_in_use, 0);
 }
 
 #[test]
 fn half_close_is_handled() {
-    let srv = start_echo(1, EngineConfig::default());
+    let srv = start(1, EngineConfig::default(), echo);
     let mut s = TcpStream::connect(srv.addr).unwrap();
     s.write_all(b"last words").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
