@@ -83,13 +83,18 @@ fn ud(op: u64, key: Key) -> u64 {
     op << 56 | key.pack()
 }
 
-/// What the driver does when a turn finds no work.
+/// What an idle shard does.
+///
+/// The driver itself never busy-waits: when a turn finds nothing it enables the eventfd and waits
+/// through glommio. With `Spin`, glommio's executor polls its rings (which include that eventfd
+/// read, its timers and channels) for up to the given time before it sleeps, so a completion, a
+/// timer or a mesh message is picked up without a sleep/wake cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdleStrategy {
-    /// Park at once (the default): the shard sleeps until a completion arrives.
+    /// Sleep at once (the default).
     Park,
-    /// Spin for up to this long before parking: lowest latency at low load, at the cost of a busy
-    /// CPU (each sleep/wake cycle costs ~20 µs in a VM).
+    /// Poll for up to this long before sleeping: lowest latency at low load, at the cost of a
+    /// busy CPU (each sleep/wake cycle costs ~20 µs in a VM).
     Spin(Duration),
 }
 
@@ -639,20 +644,6 @@ impl Engine {
                 inner.st.borrow_mut().stats.busy_turns += 1;
                 glommio::executor().yield_task_queue_now().await;
                 continue;
-            }
-            if let IdleStrategy::Spin(d) = inner.config.idle {
-                let until = Instant::now() + d;
-                let mut found = false;
-                while Instant::now() < until {
-                    glommio::executor().yield_task_queue_now().await;
-                    if inner.turn() > 0 {
-                        found = true;
-                        break;
-                    }
-                }
-                if found {
-                    continue;
-                }
             }
             // Park: enable the eventfd, look once more (a completion may have raced the enable),
             // then sleep in glommio's ring until the eventfd fires.

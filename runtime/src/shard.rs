@@ -35,7 +35,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::{
     buf::{ArenaPool, BufferPool, DEFAULT_BUFFER_SIZE, DEFAULT_POOL_KEEP},
     cpus::{allowed_cpus, CpuSelection},
-    engine::{Engine, EngineConfig},
+    engine::{Engine, EngineConfig, IdleStrategy},
     error::{Error, Result},
     listener::{ListenerTable, ShardListener},
     sys,
@@ -43,6 +43,11 @@ use crate::{
 
 /// Default stall threshold: a task holding its shard longer than this is logged and counted.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(10);
+
+/// How often a busy shard returns to glommio's own reactor (timers, mesh, foreign wake-ups).
+/// glommio's default is 100 ms, which would delay every timer and mesh message that long under
+/// load; one poll per millisecond costs a fraction of a percent.
+pub const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(1);
 
 /// Prefix of shard thread names; the panic hook recognises shards by it.
 pub const SHARD_THREAD_PREFIX: &str = "percore-shard-";
@@ -52,6 +57,7 @@ pub const SHARD_THREAD_PREFIX: &str = "percore-shard-";
 pub struct RuntimeBuilder {
     cpus: CpuSelection,
     stall_threshold: Option<Duration>,
+    preempt_timer: Duration,
     engine: EngineConfig,
     buffer_size: usize,
     arena_chunk: usize,
@@ -63,6 +69,7 @@ impl Default for RuntimeBuilder {
         RuntimeBuilder {
             cpus: CpuSelection::All,
             stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
+            preempt_timer: DEFAULT_PREEMPT_TIMER,
             engine: EngineConfig::default(),
             buffer_size: DEFAULT_BUFFER_SIZE,
             arena_chunk: 4096,
@@ -80,6 +87,11 @@ impl RuntimeBuilder {
     /// Stall threshold, or `None` to turn the detector off.
     pub fn stall_threshold(mut self, t: Option<Duration>) -> Self {
         self.stall_threshold = t;
+        self
+    }
+    /// How often a busy shard polls glommio's reactor (default [`DEFAULT_PREEMPT_TIMER`]).
+    pub fn preempt_timer(mut self, t: Duration) -> Self {
+        self.preempt_timer = t;
         self
     }
     /// Engine settings (ring size, receive buffers, idle strategy).
@@ -144,14 +156,20 @@ impl RuntimeBuilder {
                 .spawn(move || {
                     let mut exb = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                         .name(&format!("{SHARD_THREAD_PREFIX}{id}"));
+                    // While the engine's driver has work it is always runnable, and glommio polls
+                    // its own ring (timers, mesh channels, foreign wake-ups) only when the
+                    // preemption timer fires: keep that short.
+                    exb = exb.preempt_timer(builder.preempt_timer);
+                    if let IdleStrategy::Spin(d) = builder.engine.idle {
+                        exb = exb.spin_before_park(d);
+                    }
                     if let Some(t) = builder.stall_threshold {
                         // glommio reports a stall when a task queue runs `threshold` past its
-                        // preemption budget; split the total between the two.
-                        exb =
-                            exb.preempt_timer(t / 2)
-                                .detect_stalls(Some(Box::new(StallHandler {
-                                    threshold: t - t / 2,
-                                })));
+                        // preemption budget.
+                        let over = t
+                            .saturating_sub(builder.preempt_timer)
+                            .max(Duration::from_millis(1));
+                        exb = exb.detect_stalls(Some(Box::new(StallHandler { threshold: over })));
                     }
                     let ex = match exb.make() {
                         Ok(ex) => ex,
