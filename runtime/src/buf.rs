@@ -137,6 +137,27 @@ impl ArenaPool {
     }
 }
 
+/// A future boxed in a request's arena, type-erased: what handlers return. It lives as long as
+/// the arena borrow and is dropped (destructor run) before the arena can be reset.
+pub type ArenaFuture<'a, T> =
+    std::pin::Pin<bumpalo::boxed::Box<'a, dyn std::future::Future<Output = T> + 'a>>;
+
+/// Boxes `fut` in `arena` without touching the heap and erases its type.
+pub fn arena_future<'a, T, F>(arena: &'a Bump, fut: F) -> ArenaFuture<'a, T>
+where
+    F: std::future::Future<Output = T> + 'a,
+{
+    let boxed = bumpalo::boxed::Box::new_in(fut, arena);
+    let raw: *mut F = bumpalo::boxed::Box::into_raw(boxed);
+    // Unsizing a raw pointer is allowed on stable; bumpalo's Box cannot be coerced directly.
+    let raw: *mut (dyn std::future::Future<Output = T> + 'a) = raw;
+    // SAFETY: `raw` came from `Box::into_raw` on a box in `arena` a line above, and is turned
+    // back into exactly one box; only its static type changed (same allocation, same layout,
+    // with the vtable for `F`).
+    let boxed = unsafe { bumpalo::boxed::Box::from_raw(raw) };
+    std::pin::Pin::from(boxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +186,26 @@ mod tests {
         pool.give(a);
         assert_eq!(pool.stats().free, 0);
         assert_eq!(pool.stats().in_use, 0);
+    }
+
+    #[test]
+    fn arena_futures_run_and_drop() {
+        use std::{cell::Cell, rc::Rc};
+        struct Flag(Rc<Cell<bool>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let arena = Bump::new();
+        let dropped = Rc::new(Cell::new(false));
+        let flag = Flag(dropped.clone());
+        let fut = arena_future(&arena, async move {
+            let _keep = flag;
+            41 + 1
+        });
+        assert_eq!(futures_lite::future::block_on(fut), 42);
+        assert!(dropped.get(), "the future's captures were dropped");
     }
 
     #[test]

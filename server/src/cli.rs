@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
-use percore_runtime::cpus::{parse_cpu_list, CpuSelection};
+use percore_runtime::cpus::{CpuSelection, parse_cpu_list};
 
 /// percore: a thread-per-core io_uring HTTP/1.1 server.
 #[derive(Parser, Debug)]
@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Write the serving process's pid here.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<std::path::PathBuf>,
+    /// Seconds a drain (SIGTERM) waits for in-flight requests before closing them.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub drain_timeout: u64,
     /// Spin this many microseconds before parking an idle shard (lower latency at low load).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     pub idle_spin_us: u64,

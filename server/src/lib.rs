@@ -5,5 +5,13 @@
 //! - [`cli`]: argument parsing and the subcommands (`serve`, `demo`).
 //! - [`serve`]: bootstrap (bind or inherit listeners, start shards) and the per-shard service.
 
+pub mod app;
+pub mod builtin;
 pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod handler;
+pub mod http;
+pub mod kv;
+pub mod router;
 pub mod serve;

@@ -1,90 +1,240 @@
-//! `percore serve`: bind (or inherit) the listeners, start the shards, serve until told to stop.
+//! `percore serve`: bind the listeners, start one shard per CPU with the HTTP service, and run
+//! until a signal says to stop.
+//!
+//! The lifecycle: Setup (parse, check the system) → Bootstrap (bind, start shards) → Running →
+//! Draining (SIGTERM/SIGINT: stop accepting, `/readyz` answers 503, idle connections close,
+//! in-flight requests finish until the drain deadline) → Stopped (exit 0). A second SIGINT exits
+//! at once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use percore_runtime::{listener::ListenerTable, Conn, EngineConfig, IdleStrategy, RuntimeBuilder};
+use percore_runtime::{
+    ControlHandle, EngineConfig, IdleStrategy, MeshConfig, Runtime, RuntimeBuilder,
+    cpus::{CpuSelection, format_cpu_list},
+    listener::{DEFAULT_BACKLOG, ListenerTable},
+};
 
-use crate::cli::ServeArgs;
+use crate::{
+    app::App,
+    builtin,
+    cli::ServeArgs,
+    config::ServerConfig,
+    kv::{Kv, MutexKv, ShardMsg},
+    router::RouterBuilder,
+};
 
 /// Default address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default drain deadline.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the server in the foreground.
-pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Messages from the control thread to the shards.
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// Stop accepting and drain until the deadline, then end the shard.
+    Drain { deadline: Instant },
+}
+
+/// Everything `start` needs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Shard CPUs.
+    pub cpus: CpuSelection,
+    /// Idle strategy of the shards.
+    pub idle: IdleStrategy,
+    /// HTTP settings.
+    pub config: ServerConfig,
+    /// Drain deadline on SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            listen: vec![DEFAULT_LISTEN.parse().expect("valid default")],
+            cpus: CpuSelection::All,
+            idle: IdleStrategy::Park,
+            config: ServerConfig::default(),
+            drain_timeout: DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    rt: Runtime<Control>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl RunningServer {
+    /// The real listening addresses (ports filled in).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+    /// The shard CPUs.
+    pub fn cpus(&self) -> &[usize] {
+        self.rt.cpus()
+    }
+    /// A handle to send control messages from any thread.
+    pub fn control(&self) -> ControlHandle<Control> {
+        self.rt.control()
+    }
+    /// Starts a drain on every shard.
+    pub fn drain(&self, timeout: Duration) {
+        let _ = self.rt.broadcast(Control::Drain {
+            deadline: Instant::now() + timeout,
+        });
+    }
+    /// Waits until every shard has finished.
+    pub fn wait(self) -> Result<(), percore_runtime::Error> {
+        self.rt.wait()
+    }
+}
+
+/// Binds and starts the shards; returns once every shard is serving.
+pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error> {
     percore_runtime::sys::check_system()?;
-    let mut listen = args.listen.clone();
-    if listen.is_empty() {
-        listen.push(DEFAULT_LISTEN.parse().expect("valid default"));
-    }
-    let mut engine = EngineConfig::default();
-    if args.idle_spin_us > 0 {
-        engine.idle = IdleStrategy::Spin(Duration::from_micros(args.idle_spin_us));
-    }
+    let engine = EngineConfig {
+        idle: opts.idle,
+        ..EngineConfig::default()
+    };
     let builder = RuntimeBuilder::default()
-        .cpus(args.cpu_selection()?)
+        .cpus(opts.cpus.clone())
         .engine(engine);
     let cpus = builder.resolve_cpus()?;
-    let table = Arc::new(ListenerTable::bind(
-        &listen,
-        &cpus,
-        percore_runtime::listener::DEFAULT_BACKLOG,
-    )?);
-    let rt = builder.spawn::<(), _, _>(table.clone(), |shard| async move {
-        for l in shard.take_listeners() {
-            let acc = shard.engine.listen(l.fd, l.local);
-            glommio::spawn_local(async move {
-                while let Ok(c) = acc.accept().await {
-                    glommio::spawn_local(hello(c)).detach();
+    let table = Arc::new(ListenerTable::bind(&opts.listen, &cpus, DEFAULT_BACKLOG)?);
+    let addrs = table.local_addrs();
+    let mesh_cfg = MeshConfig::<ShardMsg>::new(cpus.len(), percore_runtime::mesh::DEFAULT_QUEUE);
+    let mutex_kv = MutexKv::default();
+    let config = opts.config.clone();
+    let rt = builder.spawn(table, move |mut shard: percore_runtime::Shard<Control>| {
+        let mesh_cfg = mesh_cfg.clone();
+        let mutex_kv = mutex_kv.clone();
+        let config = Rc::new(config.clone());
+        async move {
+            let id = shard.id;
+            let kv = Kv::new(id, shard.count);
+            let kv2 = kv.clone();
+            match mesh_cfg.join(id, move |_from, m| kv2.handle(m)).await {
+                Ok(mesh) => kv.set_mesh(mesh),
+                Err(e) => panic!("shard {id}: {e}"),
+            }
+            let router = match builtin::routes(RouterBuilder::new(), kv, mutex_kv, shard.engine.clone()).build() {
+                Ok(r) => Rc::new(r),
+                Err(e) => panic!("shard {id}: {e}"),
+            };
+            let app = App::new(id, shard.count, shard.engine.clone(), shard.arenas.clone(), config, router);
+            app.start_clock();
+            let mut acceptors = Vec::new();
+            for l in shard.take_listeners() {
+                let acc = Rc::new(shard.engine.listen(l.fd, l.local));
+                acceptors.push(acc.clone());
+                let app = app.clone();
+                glommio::spawn_local(async move {
+                    while let Ok(c) = acc.accept().await {
+                        glommio::spawn_local(crate::conn::serve(c, app.clone())).detach();
+                    }
+                })
+                .detach();
+            }
+            let (done_tx, done_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+            let done_tx = Rc::new(done_tx);
+            let engine = shard.engine.clone();
+            glommio::spawn_local(shard.take_inbox().run(move |msg| match msg {
+                Control::Drain { deadline } => {
+                    for a in &acceptors {
+                        a.stop();
+                    }
+                    let engine = engine.clone();
+                    let done = done_tx.clone();
+                    glommio::spawn_local(async move {
+                        let r = engine.drain(&[], deadline).await;
+                        if r.force_closed > 0 {
+                            eprintln!(
+                                "percore: shard {id}: drain deadline passed, force-closed {} of {} connections",
+                                r.force_closed, r.open_at_start
+                            );
+                        }
+                        let _ = done.send(()).await;
+                    })
+                    .detach();
                 }
-            })
+            }))
             .detach();
+            let _ = done_rx.recv().await;
         }
-        futures_lite::future::pending::<()>().await;
     })?;
-    let cpu_list = percore_runtime::cpus::format_cpu_list(&{
-        let mut c = rt.cpus().to_vec();
-        c.sort_unstable();
-        c
-    });
-    for addr in table.local_addrs() {
+    Ok(RunningServer { rt, addrs })
+}
+
+/// Runs `percore serve` in the foreground until drained.
+pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut opts = ServeOptions {
+        cpus: args.cpu_selection()?,
+        ..ServeOptions::default()
+    };
+    if !args.listen.is_empty() {
+        opts.listen = args.listen.clone();
+    }
+    if args.idle_spin_us > 0 {
+        opts.idle = IdleStrategy::Spin(Duration::from_micros(args.idle_spin_us));
+    }
+    opts.drain_timeout = Duration::from_secs(args.drain_timeout);
+    let drain_timeout = opts.drain_timeout;
+    // Block the signals we handle before any thread starts, so they reach the signal thread only.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let server = start(opts)?;
+    let mut cpus = server.cpus().to_vec();
+    cpus.sort_unstable();
+    for addr in server.addrs() {
         println!(
-            "percore: listening on http://{addr} ({} shards on cpus {cpu_list})",
-            rt.shards()
+            "percore: listening on http://{addr} ({} shard{} on cpus {})",
+            cpus.len(),
+            if cpus.len() == 1 { "" } else { "s" },
+            format_cpu_list(&cpus)
         );
     }
     if let Some(p) = &args.pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))?;
+        write_pid_file(p)?;
     }
-    rt.wait()?;
+    let ctl = server.control();
+    std::thread::Builder::new()
+        .name("percore-signals".into())
+        .spawn(move || {
+            let mut draining = false;
+            for sig in signals.forever() {
+                if draining {
+                    if sig == signal_hook::consts::SIGINT {
+                        eprintln!("percore: second interrupt, exiting now");
+                        std::process::exit(130);
+                    }
+                    continue;
+                }
+                draining = true;
+                eprintln!("percore: draining (deadline {}s)", drain_timeout.as_secs());
+                let _ = ctl.broadcast(Control::Drain {
+                    deadline: Instant::now() + drain_timeout,
+                });
+            }
+        })?;
+    server.wait()?;
+    eprintln!("percore: stopped");
     Ok(())
 }
 
-const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nServer: percore\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
-
-/// Placeholder service: answers every request head with `Hello, World!`.
-async fn hello(mut c: Conn) {
-    // Bytes of "\r\n\r\n" matched so far across buffer boundaries.
-    let mut matched = 0usize;
-    while let Ok(Some(buf)) = c.recv().await {
-        let mut n = 0;
-        for &b in buf.iter() {
-            matched = match (matched, b) {
-                (0, b'\r') | (2, b'\r') => matched + 1,
-                (1, b'\n') => 2,
-                (3, b'\n') => {
-                    n += 1;
-                    0
-                }
-                (_, b'\r') => 1,
-                _ => 0,
-            };
-        }
-        drop(buf);
-        for _ in 0..n {
-            c.write_buf().extend_from_slice(HELLO);
-        }
-        if c.flush().is_err() {
-            return;
-        }
-    }
+/// Writes the pid file atomically (temporary file, then rename), so a reader never sees it empty.
+pub fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
 }

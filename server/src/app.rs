@@ -1,0 +1,95 @@
+//! One shard's server state: its router, config snapshot, cached `Date`, arenas and the engine.
+//!
+//! Shard-local and never shared across threads (`Rc`/`RefCell`/`Cell`). A reload replaces the
+//! config and router snapshots between requests: a request holds the `Rc` it started with, so it
+//! sees the old or the new one, never a mix.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::{Duration, SystemTime},
+};
+
+use percore_runtime::{Engine, buf::ArenaPool};
+
+use crate::{config::ServerConfig, http::format_imf_fixdate, router::Router};
+
+/// A shard's server state.
+pub struct App {
+    /// Shard id.
+    pub shard: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// The shard's engine.
+    pub engine: Engine,
+    /// Per-request arenas.
+    pub arenas: ArenaPool,
+    config: RefCell<Rc<ServerConfig>>,
+    server_name: RefCell<Rc<[u8]>>,
+    router: RefCell<Rc<Router>>,
+    date: Cell<[u8; 29]>,
+}
+
+impl App {
+    /// Builds the state; call [`App::start_clock`] to keep `Date` current.
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        engine: Engine,
+        arenas: ArenaPool,
+        config: Rc<ServerConfig>,
+        router: Rc<Router>,
+    ) -> Rc<App> {
+        let name: Rc<[u8]> = config.server_name.as_bytes().into();
+        Rc::new(App {
+            shard,
+            shards,
+            engine,
+            arenas,
+            config: RefCell::new(config),
+            server_name: RefCell::new(name),
+            router: RefCell::new(router),
+            date: Cell::new(format_imf_fixdate(SystemTime::now())),
+        })
+    }
+
+    /// Reformats `Date` once a second (per shard, as seastar does), instead of per response.
+    pub fn start_clock(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                let Some(app) = weak.upgrade() else { return };
+                app.date.set(format_imf_fixdate(SystemTime::now()));
+            }
+        })
+        .detach();
+    }
+
+    /// The current config snapshot.
+    pub fn config(&self) -> Rc<ServerConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// The current router snapshot.
+    pub fn router(&self) -> Rc<Router> {
+        self.router.borrow().clone()
+    }
+
+    /// Swaps in a new config and router (between requests).
+    pub fn swap(&self, config: Rc<ServerConfig>, router: Rc<Router>) {
+        *self.server_name.borrow_mut() = config.server_name.as_bytes().into();
+        *self.config.borrow_mut() = config;
+        *self.router.borrow_mut() = router;
+    }
+
+    /// The cached `Date` value.
+    pub fn date(&self) -> [u8; 29] {
+        self.date.get()
+    }
+
+    /// The `Server` header value.
+    pub fn server_name(&self) -> Rc<[u8]> {
+        self.server_name.borrow().clone()
+    }
+}

@@ -1,0 +1,127 @@
+//! The built-in routes of the embedded default config:
+//! `GET /` (13-byte plaintext), `GET /json`, `POST /echo`, `GET|PUT|DELETE /kv/{key}` (the
+//! shard-owned store) and `/kv-mutex/{key}` (the same behind a mutex, for comparison),
+//! `GET /healthz` (liveness) and `GET /readyz` (503 while draining).
+
+use std::rc::Rc;
+
+use percore_runtime::Engine;
+
+use crate::{
+    handler::{Handler, HandlerFuture, Request, Response, handler_fn},
+    kv::{Kv, MutexKv},
+    router::RouterBuilder,
+};
+
+/// The plaintext reply of `GET /`.
+pub const HELLO: &[u8] = b"Hello, World!";
+/// The reply of `GET /json`.
+pub const JSON: &[u8] = br#"{"message":"Hello, World!"}"#;
+
+struct KvRoute {
+    kv: Rc<Kv>,
+}
+
+impl Handler for KvRoute {
+    fn call<'r>(&'r self, req: &'r Request<'r>) -> HandlerFuture<'r> {
+        req.reply(async move {
+            let key = req.param("key").unwrap_or("").as_bytes();
+            let result = match req.method() {
+                "GET" | "HEAD" => {
+                    self.kv
+                        .get(key, |v| match v {
+                            Some(v) => Response::new(200)
+                                .with_header("content-type", b"application/octet-stream")
+                                .with_body(req.arena.alloc_slice_copy(v)),
+                            None => Response::status_text(404, b"no such key\n"),
+                        })
+                        .await
+                }
+                "PUT" => self
+                    .kv
+                    .put(key, req.body)
+                    .await
+                    .map(|new| Response::new(if new { 201 } else { 204 })),
+                "DELETE" => self.kv.delete(key).await.map(|had| {
+                    if had {
+                        Response::new(204)
+                    } else {
+                        Response::status_text(404, b"no such key\n")
+                    }
+                }),
+                _ => Ok(Response::new(405)),
+            };
+            result.unwrap_or_else(|_| Response::status_text(503, b"key owner unavailable\n"))
+        })
+    }
+}
+
+struct MutexKvRoute {
+    kv: MutexKv,
+}
+
+impl Handler for MutexKvRoute {
+    fn call<'r>(&'r self, req: &'r Request<'r>) -> HandlerFuture<'r> {
+        let key = req.param("key").unwrap_or("").as_bytes();
+        let resp = match req.method() {
+            "GET" | "HEAD" => self.kv.get(key, |v| match v {
+                Some(v) => Response::new(200)
+                    .with_header("content-type", b"application/octet-stream")
+                    .with_body(req.arena.alloc_slice_copy(v)),
+                None => Response::status_text(404, b"no such key\n"),
+            }),
+            "PUT" => Response::new(if self.kv.put(key, req.body) { 201 } else { 204 }),
+            "DELETE" => {
+                if self.kv.delete(key) {
+                    Response::new(204)
+                } else {
+                    Response::status_text(404, b"no such key\n")
+                }
+            }
+            _ => Response::new(405),
+        };
+        req.reply(std::future::ready(resp))
+    }
+}
+
+/// Adds the built-in routes to `b`.
+pub fn routes(
+    mut b: RouterBuilder,
+    kv: Rc<Kv>,
+    mutex_kv: MutexKv,
+    engine: Engine,
+) -> RouterBuilder {
+    b.add("GET", "/", handler_fn(|_r| Response::text(HELLO)));
+    b.add("GET", "/json", handler_fn(|_r| Response::json(JSON)));
+    b.add(
+        "POST",
+        "/echo",
+        handler_fn(|r| {
+            Response::new(200)
+                .with_header("content-type", b"application/octet-stream")
+                .with_body(r.body)
+        }),
+    );
+    let kv_route: Rc<dyn Handler> = Rc::new(KvRoute { kv });
+    for m in ["GET", "PUT", "DELETE"] {
+        b.add(m, "/kv/{key}", kv_route.clone());
+    }
+    let mkv: Rc<dyn Handler> = Rc::new(MutexKvRoute { kv: mutex_kv });
+    for m in ["GET", "PUT", "DELETE"] {
+        b.add(m, "/kv-mutex/{key}", mkv.clone());
+    }
+    b.add("GET", "/healthz", handler_fn(|_r| Response::text(b"ok\n")));
+    let e = engine;
+    b.add(
+        "GET",
+        "/readyz",
+        handler_fn(move |_r| {
+            if e.is_draining() {
+                Response::status_text(503, b"draining\n")
+            } else {
+                Response::text(b"ready\n")
+            }
+        }),
+    );
+    b
+}

@@ -1,0 +1,363 @@
+//! The HTTP/1.1 connection state machine: one task per connection, reading through the engine,
+//! parsing in place, dispatching, and writing responses in batches.
+//!
+//! # States
+//! ```text
+//!   Idle ──bytes──▶ ReadingHead ──head complete──▶ ReadingBody ──body complete──▶ Dispatch
+//!    ▲                  │ 408 at header deadline       │ 408 at body inactivity     │
+//!    └──── keep-alive ◀─┴──────────── response written ◀───────────────────────────┘
+//!                      close: error, `Connection: close`, HTTP/1.0, drain ─▶ Closing
+//! ```
+//! Every complete request already in the buffer is answered before the batch is flushed with one
+//! send (pipelining). Bytes are parsed where the kernel put them (a [`percore_runtime::RecvBuf`]);
+//! only the tail of an incomplete request is copied, into a pooled reassembly buffer that goes
+//! back to the pool as soon as it is empty, so an idle connection holds no buffer.
+//!
+//! # Deadlines
+//! - idle keep-alive: `keepalive_timeout` after the last response;
+//! - request head: `header_timeout` from its first byte, absolute (a client trickling a byte a
+//!   second cannot stretch it), then `408` and close;
+//! - body: `body_timeout` of inactivity, then `408` and close.
+//!
+//! # Closing
+//! After an error response, or a response with `Connection: close`, the write side is shut down
+//! and what the client still sends is read and discarded for a short while (a lingering close), so
+//! that the client receives the response instead of a reset.
+
+use std::{
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use percore_runtime::{Conn, Error as RtError};
+
+use crate::{
+    app::App,
+    handler::{Body, Request, Response},
+    http::{
+        self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, EMPTY_HEADER, Framing,
+        ResponseHead, Status, write_error, write_head,
+    },
+    router::Found,
+};
+
+/// How long a closing connection reads and discards what the client still sends.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// What the parser needs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Nothing buffered: waiting for a new request.
+    Idle,
+    /// Part of a head is buffered.
+    Head,
+    /// A head is complete, its body is not.
+    Body,
+}
+
+/// What processing a buffer did.
+struct Step {
+    consumed: usize,
+    need: Need,
+    close: bool,
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(mut c: Conn, app: Rc<App>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut need = Need::Idle;
+    let mut head_deadline = Instant::now();
+    let mut continue_sent = false;
+    loop {
+        let cfg = app.config();
+        let deadline = match need {
+            Need::Idle => Instant::now() + cfg.keepalive_timeout,
+            Need::Head => head_deadline,
+            Need::Body => Instant::now() + cfg.body_timeout,
+        };
+        c.set_idle(need == Need::Idle);
+        c.set_deadline(Some(deadline));
+        let buf = match c.recv().await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(RtError::TimedOut) => {
+                if need != Need::Idle {
+                    write_error(
+                        c.write_buf(),
+                        http::Error::RequestTimeout,
+                        &app.date(),
+                        &app.server_name(),
+                    );
+                    linger_close(&mut c).await;
+                }
+                break;
+            }
+            Err(_) => break,
+        };
+        if need == Need::Idle {
+            head_deadline = Instant::now() + cfg.header_timeout;
+        }
+        c.set_idle(false);
+        let step = if pending.is_empty() {
+            let step = process(&mut c, &app, &buf, &mut continue_sent).await;
+            if step.consumed < buf.len() && !step.close {
+                pending = app.engine.pool().take();
+                pending.extend_from_slice(&buf[step.consumed..]);
+            }
+            step
+        } else {
+            pending.extend_from_slice(&buf);
+            drop(buf);
+            let step = process(&mut c, &app, &pending, &mut continue_sent).await;
+            pending.drain(..step.consumed.min(pending.len()));
+            step
+        };
+        if step.need != Need::Body {
+            continue_sent = false;
+        }
+        if pending.is_empty() && pending.capacity() != 0 {
+            app.engine.pool().give(std::mem::take(&mut pending));
+        }
+        if step.close {
+            linger_close(&mut c).await;
+            break;
+        }
+        if c.flush().is_err() {
+            break;
+        }
+        // A client that pipelines faster than it reads: stop reading until it catches up.
+        if c.unsent() > cfg.max_unsent && c.flushed().await.is_err() {
+            break;
+        }
+        need = if pending.is_empty() {
+            Need::Idle
+        } else {
+            step.need
+        };
+        if need == Need::Idle && c.is_draining() {
+            let _ = c.flushed().await;
+            break;
+        }
+    }
+    if pending.capacity() != 0 {
+        app.engine.pool().give(pending);
+    }
+}
+
+/// Flushes, half-closes and reads what the client still sends for up to [`LINGER`].
+async fn linger_close(c: &mut Conn) {
+    if c.shutdown_write().await.is_err() {
+        return;
+    }
+    c.set_deadline(Some(Instant::now() + LINGER));
+    while let Ok(Some(_)) = c.recv().await {}
+}
+
+/// Answers every complete request in `input`; returns how much it consumed and what it needs.
+async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool) -> Step {
+    let cfg = app.config();
+    let limits = &cfg.limits;
+    let mut off = 0;
+    loop {
+        if off == input.len() {
+            return Step {
+                consumed: off,
+                need: Need::Idle,
+                close: false,
+            };
+        }
+        let arena = app.arenas.take();
+        let headers = arena.alloc_slice_fill_copy(limits.max_headers, EMPTY_HEADER);
+        let head = match http::parse_head(&input[off..], limits, headers) {
+            Ok(Status::Complete(head, n)) => (head, n),
+            Ok(Status::Partial) => {
+                app.arenas.give(arena);
+                return Step {
+                    consumed: off,
+                    need: Need::Head,
+                    close: false,
+                };
+            }
+            Err(e) => {
+                write_error(c.write_buf(), e, &app.date(), &app.server_name());
+                app.arenas.give(arena);
+                return Step {
+                    consumed: input.len(),
+                    need: Need::Idle,
+                    close: true,
+                };
+            }
+        };
+        let (head, n) = head;
+        let body_start = off + n;
+        let rest = &input[body_start..];
+        let body: Result<Option<(&[u8], usize)>, http::Error> = match head.body {
+            BodyKind::None => Ok(Some((&[][..], 0))),
+            BodyKind::Length(len) => {
+                let len = len as usize;
+                if rest.len() >= len {
+                    Ok(Some((&rest[..len], len)))
+                } else {
+                    Ok(None)
+                }
+            }
+            BodyKind::Chunked => decode_chunked(rest, limits, &arena),
+        };
+        let (body, body_len) = match body {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                if head.expect_continue && !*continue_sent {
+                    c.write_buf().extend_from_slice(CONTINUE_100);
+                    let _ = c.flush();
+                    *continue_sent = true;
+                }
+                app.arenas.give(arena);
+                return Step {
+                    consumed: off,
+                    need: Need::Body,
+                    close: false,
+                };
+            }
+            Err(e) => {
+                write_error(c.write_buf(), e, &app.date(), &app.server_name());
+                app.arenas.give(arena);
+                return Step {
+                    consumed: input.len(),
+                    need: Need::Idle,
+                    close: true,
+                };
+            }
+        };
+        *continue_sent = false;
+        let close = !head.keep_alive || c.is_draining();
+        let http10 = head.version == 0;
+        let is_head = head.method == "HEAD";
+        let router = app.router();
+        let resp = {
+            let found = router.find(head.method, head.path);
+            match found {
+                Found::Handler(handler, middleware, params) => {
+                    let req = Request {
+                        head,
+                        params,
+                        body,
+                        arena: &arena,
+                        shard: app.shard,
+                    };
+                    let mut early = None;
+                    for mw in middleware.iter() {
+                        if let Some(r) = mw.before(&req) {
+                            early = Some(r);
+                            break;
+                        }
+                    }
+                    let mut resp = match early {
+                        Some(r) => r,
+                        None => handler.call(&req).await,
+                    };
+                    for mw in middleware.iter().rev() {
+                        mw.after(&req, &mut resp);
+                    }
+                    encode(c, app, &resp, is_head, close, http10)
+                }
+                Found::MethodNotAllowed(allow) => {
+                    let resp = Response::status_text(405, b"method not allowed\n")
+                        .with_header("allow", allow);
+                    encode(c, app, &resp, is_head, close, http10)
+                }
+                Found::NotFound => {
+                    let resp = Response::status_text(404, b"not found\n");
+                    encode(c, app, &resp, is_head, close, http10)
+                }
+            }
+        };
+        app.arenas.give(arena);
+        off = body_start + body_len;
+        if resp.close {
+            return Step {
+                consumed: off,
+                need: Need::Idle,
+                close: true,
+            };
+        }
+    }
+}
+
+/// Decodes a whole chunked body into the arena: `Ok(None)` when more bytes are needed, else the
+/// body and how many input bytes it used.
+fn decode_chunked<'a>(
+    input: &'a [u8],
+    limits: &http::Limits,
+    arena: &'a bumpalo::Bump,
+) -> Result<Option<(&'a [u8], usize)>, http::Error> {
+    let mut dec = ChunkedDecoder::new(limits);
+    let mut out = bumpalo::collections::Vec::new_in(arena);
+    let mut p = 0;
+    while !dec.is_done() {
+        let (used, data) = dec.decode(&input[p..])?;
+        p += used;
+        if let Some(d) = data {
+            out.extend_from_slice(d);
+        }
+        if used == 0 && !dec.is_done() {
+            return Ok(None);
+        }
+    }
+    Ok(Some((out.into_bump_slice(), p)))
+}
+
+/// What encoding a response decided.
+struct Encoded {
+    close: bool,
+}
+
+/// Writes `resp` into the connection's write buffer. An invalid handler header becomes a 500.
+fn encode(
+    c: &mut Conn,
+    app: &App,
+    resp: &Response<'_>,
+    is_head: bool,
+    close: bool,
+    http10: bool,
+) -> Encoded {
+    let close = close || resp.close;
+    let connection = if close {
+        ConnectionHeader::Close
+    } else if http10 {
+        ConnectionHeader::KeepAlive
+    } else {
+        ConnectionHeader::Omit
+    };
+    let body = match resp.body {
+        Body::Empty => &b""[..],
+        Body::Bytes(b) => b,
+    };
+    let date = app.date();
+    let server = app.server_name();
+    let head = ResponseHead {
+        status: resp.status,
+        reason: http::reason_phrase(resp.status),
+        date: &date,
+        server: &server,
+        framing: if resp.status == 204 || resp.status == 304 || resp.status < 200 {
+            Framing::None
+        } else {
+            Framing::Length(body.len() as u64)
+        },
+        connection,
+        extra: resp.headers(),
+    };
+    let out = c.write_buf();
+    match write_head(out, &head) {
+        Ok(()) => {
+            if !is_head && matches!(head.framing, Framing::Length(_)) {
+                out.extend_from_slice(body);
+            }
+            Encoded { close }
+        }
+        Err(e) => {
+            write_error(out, e, &date, &server);
+            Encoded { close: true }
+        }
+    }
+}

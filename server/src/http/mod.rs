@@ -1,0 +1,34 @@
+//! Pure HTTP/1.1 codec for percore: request-head parsing and validation,
+//! strict chunked body decoding, response encoding and IMF-fixdate dates.
+//!
+//! Owns: only the module tree and the re-exports; this file is meant to be
+//! copied verbatim as `server/src/http/mod.rs`, so it must only use paths
+//! relative to itself (no `crate::`).
+//!
+//! Invariants: no unsafe code; no allocation on the request/response happy
+//! path; no I/O, no clocks other than the `SystemTime` a caller passes in.
+//!
+//! Must not: perform I/O, spawn, log, or know about io_uring, sockets or
+//! routing.
+
+#![forbid(unsafe_code)]
+
+pub mod chunked;
+pub mod date;
+pub mod error;
+pub mod limits;
+pub mod request;
+pub mod response;
+
+pub use chunked::ChunkedDecoder;
+pub use date::{CachedDate, format_imf_fixdate};
+pub use error::Error;
+pub use limits::Limits;
+pub use request::{BodyKind, Header, RequestHead, Status, TargetForm, parse_head};
+pub use response::{
+    CONTINUE_100, ConnectionHeader, Framing, ResponseHead, reason_phrase, write_chunk, write_error,
+    write_head, write_last_chunk, write_response,
+};
+
+/// An empty header slot, to build the `[Header; N]` array for [`parse_head`].
+pub const EMPTY_HEADER: Header<'static> = httparse::EMPTY_HEADER;

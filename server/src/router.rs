@@ -1,0 +1,207 @@
+//! Routing: a `matchit` radix tree from path patterns (`/kv/{key}`, `/static/{*rest}`) to routes,
+//! and per-route dispatch by method with 404, and 405 with an `Allow` header.
+//!
+//! A router is built once per shard (handlers hold shard-local state) and is immutable while it
+//! serves; a config reload builds a new one. `HEAD` is served by the `GET` handler with the body
+//! dropped by the connection. Lookups allocate nothing (matchit keeps up to three parameters
+//! inline).
+
+use std::rc::Rc;
+
+use crate::handler::{Handler, Middleware};
+
+/// One path pattern's handlers.
+pub struct Route {
+    methods: Vec<(String, Rc<dyn Handler>)>,
+    middleware: Vec<Rc<dyn Middleware>>,
+    allow: Vec<u8>,
+}
+
+impl Route {
+    fn handler(&self, method: &str) -> Option<&Rc<dyn Handler>> {
+        let found = self
+            .methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, h)| h);
+        match found {
+            None if method == "HEAD" => self
+                .methods
+                .iter()
+                .find(|(m, _)| m == "GET")
+                .map(|(_, h)| h),
+            other => other,
+        }
+    }
+    /// The route's middleware, outermost first.
+    pub fn middleware(&self) -> &[Rc<dyn Middleware>] {
+        &self.middleware
+    }
+}
+
+/// What a lookup found.
+pub enum Found<'a, 'p> {
+    /// A handler, the route's middleware and the path parameters.
+    Handler(
+        &'a Rc<dyn Handler>,
+        &'a [Rc<dyn Middleware>],
+        matchit::Params<'a, 'p>,
+    ),
+    /// The path exists but not for this method; the value of `Allow`.
+    MethodNotAllowed(&'a [u8]),
+    /// No route matches the path.
+    NotFound,
+}
+
+/// Errors building a router.
+#[derive(Debug)]
+pub struct RouteError(pub String);
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for RouteError {}
+
+/// Builds a [`Router`].
+#[derive(Default)]
+pub struct RouterBuilder {
+    routes: Vec<(String, Route)>,
+    global: Vec<Rc<dyn Middleware>>,
+}
+
+impl RouterBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `handler` for `method` on `path` (matchit syntax: `{param}`, `{*catch_all}`).
+    pub fn route(mut self, method: &str, path: &str, handler: Rc<dyn Handler>) -> Self {
+        self.add(method, path, handler);
+        self
+    }
+
+    /// Adds a route in place.
+    pub fn add(&mut self, method: &str, path: &str, handler: Rc<dyn Handler>) {
+        let route = match self.routes.iter_mut().find(|(p, _)| p == path) {
+            Some((_, r)) => r,
+            None => {
+                self.routes.push((
+                    path.to_string(),
+                    Route {
+                        methods: Vec::new(),
+                        middleware: Vec::new(),
+                        allow: Vec::new(),
+                    },
+                ));
+                &mut self.routes.last_mut().expect("just pushed").1
+            }
+        };
+        route.methods.retain(|(m, _)| m != method);
+        route.methods.push((method.to_string(), handler));
+    }
+
+    /// Adds middleware to one path's route (after the global middleware).
+    pub fn layer_on(mut self, path: &str, mw: Rc<dyn Middleware>) -> Self {
+        if let Some((_, r)) = self.routes.iter_mut().find(|(p, _)| p == path) {
+            r.middleware.push(mw);
+        }
+        self
+    }
+
+    /// Adds middleware to every route.
+    pub fn layer(mut self, mw: Rc<dyn Middleware>) -> Self {
+        self.global.push(mw);
+        self
+    }
+
+    /// Builds the tree; fails on conflicting patterns.
+    pub fn build(self) -> Result<Router, RouteError> {
+        let mut tree = matchit::Router::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, (path, mut route)) in self.routes.into_iter().enumerate() {
+            tree.insert(path.as_str(), i)
+                .map_err(|e| RouteError(format!("route {path:?}: {e}")))?;
+            let mut names: Vec<&str> = route.methods.iter().map(|(m, _)| m.as_str()).collect();
+            if names.contains(&"GET") && !names.contains(&"HEAD") {
+                names.push("HEAD");
+            }
+            route.allow = names.join(", ").into_bytes();
+            let mut mw = self.global.clone();
+            mw.append(&mut route.middleware);
+            route.middleware = mw;
+            routes.push(route);
+        }
+        Ok(Router { tree, routes })
+    }
+}
+
+/// A shard's routing table.
+pub struct Router {
+    tree: matchit::Router<usize>,
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Finds what serves `method path`.
+    pub fn find<'a, 'p>(&'a self, method: &str, path: &'p str) -> Found<'a, 'p> {
+        match self.tree.at(path) {
+            Ok(m) => {
+                let route = &self.routes[*m.value];
+                match route.handler(method) {
+                    Some(h) => Found::Handler(h, &route.middleware, m.params),
+                    None => Found::MethodNotAllowed(&route.allow),
+                }
+            }
+            Err(_) => Found::NotFound,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::{Response, handler_fn};
+
+    fn ok() -> Rc<dyn Handler> {
+        handler_fn(|_r| Response::text(b"ok"))
+    }
+
+    #[test]
+    fn dispatches_by_path_and_method() {
+        let r = RouterBuilder::new()
+            .route("GET", "/kv/{key}", ok())
+            .route("PUT", "/kv/{key}", ok())
+            .route("GET", "/files/{*rest}", ok())
+            .build()
+            .unwrap();
+        match r.find("GET", "/kv/abc") {
+            Found::Handler(_, _, p) => assert_eq!(p.get("key"), Some("abc")),
+            _ => panic!("expected a handler"),
+        }
+        match r.find("GET", "/files/a/b/c") {
+            Found::Handler(_, _, p) => assert_eq!(p.get("rest"), Some("a/b/c")),
+            _ => panic!("expected a handler"),
+        }
+        assert!(
+            matches!(r.find("HEAD", "/kv/x"), Found::Handler(..)),
+            "HEAD falls back to GET"
+        );
+        match r.find("POST", "/kv/x") {
+            Found::MethodNotAllowed(allow) => assert_eq!(allow, b"GET, PUT, HEAD"),
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(r.find("GET", "/nope"), Found::NotFound));
+    }
+
+    #[test]
+    fn conflicting_patterns_are_an_error() {
+        let r = RouterBuilder::new()
+            .route("GET", "/a/{x}", ok())
+            .route("GET", "/a/{y}", ok())
+            .build();
+        assert!(r.is_err());
+    }
+}
