@@ -38,6 +38,15 @@ pub struct ServeArgs {
     /// Write the serving process's pid here.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<std::path::PathBuf>,
+    /// Absolute deadline for a request head (e.g. `10s`, `500ms`); then 408.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<std::time::Duration>,
+    /// Keep-alive idle timeout (e.g. `75s`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive_timeout: Option<std::time::Duration>,
+    /// Body inactivity timeout (e.g. `30s`); then 408.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub body_timeout: Option<std::time::Duration>,
     /// Seconds a drain (SIGTERM) waits for in-flight requests before closing them.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub drain_timeout: u64,
@@ -59,6 +68,29 @@ impl ServeArgs {
         }
         Ok(CpuSelection::All)
     }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// Runs the command line; returns the process exit status.

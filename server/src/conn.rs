@@ -58,6 +58,7 @@ enum Need {
 /// What processing a buffer did.
 struct Step {
     consumed: usize,
+    answered: usize,
     need: Need,
     close: bool,
 }
@@ -68,6 +69,9 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
     let mut need = Need::Idle;
     let mut head_deadline = Instant::now();
     let mut continue_sent = false;
+    // A fresh connection is not idle until it has been served once: a drain must not close a
+    // connection whose first request is still on the wire.
+    let mut served = false;
     loop {
         let cfg = app.config();
         let deadline = match need {
@@ -75,7 +79,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
             Need::Head => head_deadline,
             Need::Body => Instant::now() + cfg.body_timeout,
         };
-        c.set_idle(need == Need::Idle);
+        c.set_idle(need == Need::Idle && served);
         c.set_deadline(Some(deadline));
         let buf = match c.recv().await {
             Ok(Some(b)) => b,
@@ -115,6 +119,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
         if step.need != Need::Body {
             continue_sent = false;
         }
+        served |= step.answered > 0;
         if pending.is_empty() && pending.capacity() != 0 {
             app.engine.pool().give(std::mem::take(&mut pending));
         }
@@ -158,10 +163,12 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
     let cfg = app.config();
     let limits = &cfg.limits;
     let mut off = 0;
+    let mut answered = 0;
     loop {
         if off == input.len() {
             return Step {
                 consumed: off,
+                answered,
                 need: Need::Idle,
                 close: false,
             };
@@ -174,6 +181,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 app.arenas.give(arena);
                 return Step {
                     consumed: off,
+                    answered,
                     need: Need::Head,
                     close: false,
                 };
@@ -183,6 +191,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 app.arenas.give(arena);
                 return Step {
                     consumed: input.len(),
+                    answered,
                     need: Need::Idle,
                     close: true,
                 };
@@ -214,6 +223,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 app.arenas.give(arena);
                 return Step {
                     consumed: off,
+                    answered,
                     need: Need::Body,
                     close: false,
                 };
@@ -223,6 +233,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 app.arenas.give(arena);
                 return Step {
                     consumed: input.len(),
+                    answered,
                     need: Need::Idle,
                     close: true,
                 };
@@ -272,10 +283,12 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
             }
         };
         app.arenas.give(arena);
+        answered += 1;
         off = body_start + body_len;
         if resp.close {
             return Step {
                 consumed: off,
+                answered,
                 need: Need::Idle,
                 close: true,
             };

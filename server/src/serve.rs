@@ -132,7 +132,7 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
             };
             let app = App::new(id, shard.count, shard.engine.clone(), shard.arenas.clone(), config, router);
             app.start_clock();
-            let mut acceptors = Vec::new();
+            let mut acceptors: Vec<Rc<percore_runtime::Acceptor>> = Vec::new();
             for l in shard.take_listeners() {
                 let acc = Rc::new(shard.engine.listen(l.fd, l.local));
                 acceptors.push(acc.clone());
@@ -149,13 +149,17 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
             let engine = shard.engine.clone();
             glommio::spawn_local(shard.take_inbox().run(move |msg| match msg {
                 Control::Drain { deadline } => {
-                    for a in &acceptors {
-                        a.stop();
-                    }
+                    // Keep accepting while draining: new connections are answered with
+                    // `Connection: close` and `/readyz` says 503, so a load balancer that has
+                    // not noticed yet gets answers, not a full accept queue.
                     let engine = engine.clone();
                     let done = done_tx.clone();
+                    let acceptors = acceptors.clone();
                     glommio::spawn_local(async move {
                         let r = engine.drain(&[], deadline).await;
+                        for a in &acceptors {
+                            a.stop();
+                        }
                         if r.force_closed > 0 {
                             eprintln!(
                                 "percore: shard {id}: drain deadline passed, force-closed {} of {} connections",
@@ -187,6 +191,15 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         opts.idle = IdleStrategy::Spin(Duration::from_micros(args.idle_spin_us));
     }
     opts.drain_timeout = Duration::from_secs(args.drain_timeout);
+    if let Some(t) = args.header_timeout {
+        opts.config.header_timeout = t;
+    }
+    if let Some(t) = args.keepalive_timeout {
+        opts.config.keepalive_timeout = t;
+    }
+    if let Some(t) = args.body_timeout {
+        opts.config.body_timeout = t;
+    }
     let drain_timeout = opts.drain_timeout;
     // Block the signals we handle before any thread starts, so they reach the signal thread only.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -1,0 +1,130 @@
+//! The built-in routes, keep-alive, HEAD, 404/405, bodies (Content-Length, chunked,
+//! `Expect: 100-continue`), over raw bytes to the real binary.
+
+mod support;
+use std::io::{Read, Write};
+
+use support::{exchange_until_close, parse_responses, read_responses, Server};
+
+#[test]
+fn hello_json_health_and_keepalive_reuse() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = read_responses(&mut s, 1).remove(0);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!");
+    assert_eq!(r.header("content-length"), Some("13"));
+    assert_eq!(r.header("server"), Some("percore"));
+    assert_eq!(r.header("date").map(|d| d.len()), Some(29));
+    // Same connection, more requests.
+    s.write_all(b"GET /json HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let rs = read_responses(&mut s, 3);
+    assert_eq!(rs[0].body, br#"{"message":"Hello, World!"}"#);
+    assert_eq!(rs[0].header("content-type"), Some("application/json"));
+    assert_eq!((rs[1].status, rs[2].status), (200, 200));
+}
+
+#[test]
+fn head_404_and_405_with_allow() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("Content-Length: 13\r\n"),
+        "HEAD keeps the length: {text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "HEAD has no body: {text:?}");
+    s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nDELETE / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let rs = read_responses(&mut s, 2);
+    assert_eq!(rs[0].status, 404);
+    assert_eq!(rs[1].status, 405);
+    assert_eq!(rs[1].header("allow"), Some("GET, HEAD"));
+}
+
+#[test]
+fn echo_content_length_chunked_and_continue() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world")
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].body, b"hello world");
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n").unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].body, b"hello world");
+    // 100-continue: the server says Continue before the client sends the body.
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = [0u8; 25];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"ping").unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].body, b"ping");
+    // A body larger than one receive buffer.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut req = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&big);
+    s.write_all(&req).unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].body, big);
+}
+
+#[test]
+fn kv_store_across_two_shards() {
+    let srv = Server::start(&["--shards", "2"]);
+    // Keys spread over both shards; each request may land on either shard's connection.
+    for i in 0..40 {
+        let mut s = srv.connect();
+        let key = format!("k{i}");
+        let val = format!("value-{i}");
+        let req = format!(
+            "PUT /kv/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{val}",
+            val.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_responses(&mut s, 1)[0].status, 201);
+    }
+    for i in 0..40 {
+        let mut s = srv.connect();
+        s.write_all(format!("GET /kv/k{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = read_responses(&mut s, 1).remove(0);
+        assert_eq!((r.status, r.body), (200, format!("value-{i}").into_bytes()));
+    }
+    let mut s = srv.connect();
+    s.write_all(b"DELETE /kv/k1 HTTP/1.1\r\nHost: x\r\n\r\nGET /kv/k1 HTTP/1.1\r\nHost: x\r\n\r\nDELETE /kv/k1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let rs = read_responses(&mut s, 3);
+    assert_eq!(
+        rs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![204, 404, 404]
+    );
+}
+
+#[test]
+fn http10_closes_unless_keepalive_requested() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    let out = exchange_until_close(&mut s, b"GET / HTTP/1.0\r\n\r\n");
+    let rs = parse_responses(&out);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].header("connection"), Some("close"));
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let r = read_responses(&mut s, 1).remove(0);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let out = exchange_until_close(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(parse_responses(&out)[0].header("connection"), Some("close"));
+}

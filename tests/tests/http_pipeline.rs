@@ -1,0 +1,60 @@
+//! Pipelining: many requests in one write get ordered responses; a bad one in the middle gets
+//! the earlier responses, then 400, then a close.
+
+mod support;
+use std::io::Write;
+
+use support::{exchange_until_close, parse_responses, read_responses, Server};
+
+#[test]
+fn a_hundred_pipelined_gets_come_back_in_order() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    let mut req = Vec::new();
+    for i in 0..100 {
+        // Alternate two routes so that order is observable.
+        if i % 2 == 0 {
+            req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        } else {
+            req.extend_from_slice(b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+    }
+    s.write_all(&req).unwrap();
+    let rs = read_responses(&mut s, 100);
+    for (i, r) in rs.iter().enumerate() {
+        let want: &[u8] = if i % 2 == 0 {
+            b"Hello, World!"
+        } else {
+            br#"{"message":"Hello, World!"}"#
+        };
+        assert_eq!(r.body, want, "response {i}");
+    }
+}
+
+#[test]
+fn pipelined_requests_split_at_every_byte_still_parse() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    s.set_nodelay(true).unwrap();
+    let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    for b in req.iter() {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let rs = read_responses(&mut s, 2);
+    assert_eq!(rs[0].body, b"abc");
+    assert_eq!(rs[1].body, b"Hello, World!");
+}
+
+#[test]
+fn a_bad_request_mid_pipeline_answers_the_earlier_ones_then_400_and_close() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /json HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let out = exchange_until_close(&mut s, req);
+    let statuses: Vec<u16> = parse_responses(&out).iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 400],
+        "nothing after the bad request is answered"
+    );
+}

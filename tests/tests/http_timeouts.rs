@@ -1,0 +1,57 @@
+//! Slow clients: the absolute header deadline (408, then close) and the keep-alive idle timeout.
+
+mod support;
+use std::{
+    io::{Read, Write},
+    time::Instant,
+};
+
+use support::{parse_responses, Server};
+
+#[test]
+fn a_client_trickling_its_head_gets_408_at_the_header_deadline() {
+    let srv = Server::start(&["--cpus", "0", "--header-timeout", "300ms"]);
+    let mut s = srv.connect();
+    let start = Instant::now();
+    // One byte at a time, each well within any inactivity timeout; the deadline is absolute.
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut out = Vec::new();
+    for b in head
+        .iter()
+        .chain(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter())
+    {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        // The server answers and closes while we are still writing: read what it said.
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(20)));
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let _ = s.read_to_end(&mut out);
+    let rs = parse_responses(&out);
+    assert_eq!(rs.len(), 1, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(rs[0].status, 408);
+    assert!(
+        start.elapsed().as_secs() < 20,
+        "the deadline ended it, not the client"
+    );
+}
+
+#[test]
+fn an_idle_keepalive_connection_is_closed_silently_after_its_timeout() {
+    let srv = Server::start(&["--cpus", "0", "--keepalive-timeout", "200ms"]);
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let rs = parse_responses(&out);
+    assert_eq!(rs.len(), 1, "one response, then a silent close");
+    assert_eq!(rs[0].status, 200);
+}
