@@ -328,6 +328,8 @@ impl Drop for Bufs {
     }
 }
 
+/// Anonymous memory, pre-faulted (MAP_POPULATE): the kernel copies received bytes into it from
+/// inside `io_uring_enter`, and first-touch page faults there would stall the shard.
 fn mmap(len: usize) -> io::Result<*mut u8> {
     // SAFETY: an anonymous private mapping with no address hint; the result is checked.
     let p = unsafe {
@@ -335,7 +337,7 @@ fn mmap(len: usize) -> io::Result<*mut u8> {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
             -1,
             0,
         )

@@ -20,9 +20,10 @@
 //! - [`mesh`]: typed `send_to` / `broadcast` / `call` between shards.
 //! - [`slab`], [`buf`]: generation-checked connection table; buffer and arena pools.
 //! - [`cpus`]: CPU lists and the affinity mask.
+//! - [`probe`]: request-path accounting for allocation tests.
 //! - [`sys`]: the raw syscalls the above need, kept in one place.
 //!
-//! Only `sys` and `engine` contain `unsafe`, each block with its `// SAFETY:` reason.
+//! Only `sys`, `engine`, `buf` (arena futures) and `probe` (a pin projection) contain `unsafe`, each block with its `// SAFETY:` reason.
 //! Nothing here knows HTTP.
 
 pub mod buf;
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod listener;
 pub mod mesh;
+pub mod probe;
 pub mod shard;
 pub mod slab;
 pub mod sys;

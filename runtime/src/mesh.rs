@@ -121,12 +121,12 @@ impl<M: Send + 'static> MeshConfig<M> {
         });
         for (from, rx) in receivers.streams() {
             let weak = Rc::downgrade(&inner);
-            glommio::spawn_local(async move {
+            glommio::spawn_local(crate::probe::Probed(async move {
                 while let Some(env) = rx.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
                     inner.dispatch(from, env).await;
                 }
-            })
+            }))
             .detach();
         }
         Ok(Mesh { inner })

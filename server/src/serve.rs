@@ -17,6 +17,7 @@ use percore_runtime::{
     ControlHandle, EngineConfig, IdleStrategy, MeshConfig, Runtime, RuntimeBuilder,
     cpus::{CpuSelection, format_cpu_list},
     listener::{DEFAULT_BACKLOG, ListenerTable},
+    probe::Probed,
 };
 
 use crate::{
@@ -139,7 +140,7 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
                 let app = app.clone();
                 glommio::spawn_local(async move {
                     while let Ok(c) = acc.accept().await {
-                        glommio::spawn_local(crate::conn::serve(c, app.clone())).detach();
+                        glommio::spawn_local(Probed(crate::conn::serve(c, app.clone()))).detach();
                     }
                 })
                 .detach();
