@@ -21,6 +21,28 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Server + load generator + HDR latency report, on the embedded default config (~30 s).
+    Demo(DemoArgs),
+}
+
+/// Arguments of `percore demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Measured open-loop run length.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Capacity probe length (closed loop).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub probe: std::time::Duration,
+    /// Open-loop rate as a fraction of the probed capacity.
+    #[arg(long, value_name = "F", default_value_t = 0.6)]
+    pub fraction: f64,
+    /// Generator connections.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 64)]
+    pub connections: usize,
+    /// Report folder (default reports/demo-<unix time>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `percore serve`.
@@ -115,6 +137,15 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Serve(args) => crate::serve::run(args),
+        Command::Demo(a) => crate::demo::run(crate::demo::DemoOptions {
+            probe: a.probe,
+            duration: a.duration,
+            fraction: a.fraction,
+            connections: a.connections,
+            out: a.out,
+            ..crate::demo::DemoOptions::default()
+        })
+        .map(|_| ()),
     };
     match result {
         Ok(()) => 0,

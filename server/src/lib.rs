@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod handler;
 pub mod http;
 pub mod kv;
