@@ -30,6 +30,7 @@ pub mod buf;
 pub mod cpus;
 pub mod engine;
 pub mod error;
+pub mod handoff;
 pub mod listener;
 pub mod mesh;
 pub mod probe;

@@ -1,0 +1,1 @@
+//! Hot-restart handoff (being written).
