@@ -44,14 +44,14 @@ fn roundtrip(stream: &mut TcpStream, rng: &mut Rng, len: usize) {
 #[test]
 fn echo_keeps_every_byte_in_order_over_keepalive_and_fresh_connections() {
     let srv = start(2, EngineConfig::default(), echo);
-    // 64 keep-alive connections, 10,000 exchanges in all, sizes spanning several 16 KiB buffers.
+    // 64 keep-alive connections, 10,048 exchanges in all, sizes spanning several 16 KiB buffers.
     let handles: Vec<_> = (0..64)
         .map(|i| {
             let addr = srv.addr;
             std::thread::spawn(move || {
                 let mut rng = Rng(0x9E3779B97F4A7C15 ^ i);
                 let mut s = TcpStream::connect(addr).unwrap();
-                for _ in 0..150 {
+                for _ in 0..157 {
                     let len = 1 + rng.next() as usize % 40_000;
                     roundtrip(&mut s, &mut rng, len);
                 }
@@ -61,9 +61,9 @@ fn echo_keeps_every_byte_in_order_over_keepalive_and_fresh_connections() {
     for h in handles {
         h.join().unwrap();
     }
-    // Fresh connections: 400 of them, one exchange each.
+    // Fresh connections: 2,000 of them, one exchange each.
     let mut rng = Rng(7);
-    for _ in 0..400 {
+    for _ in 0..2000 {
         let mut s = TcpStream::connect(srv.addr).unwrap();
         let len = 1 + rng.next() as usize % 3000;
         roundtrip(&mut s, &mut rng, len);
@@ -71,8 +71,8 @@ fn echo_keeps_every_byte_in_order_over_keepalive_and_fresh_connections() {
     let stats = srv.wait_closed();
     let accepted: u64 = stats.iter().map(|(s, _)| s.accepted).sum();
     let closed: u64 = stats.iter().map(|(s, _)| s.closed).sum();
-    assert_eq!(accepted, 464);
-    assert_eq!(closed, 464, "every accepted connection closed cleanly");
+    assert_eq!(accepted, 2064);
+    assert_eq!(closed, 2064, "every accepted connection closed cleanly");
     for (s, pool) in &stats {
         assert_eq!(
             s.recv_buffers_in_use, 0,

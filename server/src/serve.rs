@@ -41,9 +41,40 @@ pub enum Control {
     Drain { deadline: Instant },
 }
 
+/// What a route factory gets on each shard.
+pub struct ShardContext {
+    /// Shard id.
+    pub shard: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// The shard's engine (e.g. to ask whether it is draining).
+    pub engine: percore_runtime::Engine,
+    /// The shard's part of the built-in key-value store.
+    pub kv: Rc<Kv>,
+    /// The mutex-based store shared by all shards.
+    pub mutex_kv: MutexKv,
+}
+
+/// Builds a shard's routes. Called once on every shard, so handlers may hold shard-local state.
+pub type RouteFactory = Arc<dyn Fn(&ShardContext) -> RouterBuilder + Send + Sync>;
+
+/// The built-in routes of the embedded default config.
+pub fn builtin_routes() -> RouteFactory {
+    Arc::new(|cx: &ShardContext| {
+        builtin::routes(
+            RouterBuilder::new(),
+            cx.kv.clone(),
+            cx.mutex_kv.clone(),
+            cx.engine.clone(),
+        )
+    })
+}
+
 /// Everything `start` needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeOptions {
+    /// The routes (default: the built-in ones).
+    pub routes: RouteFactory,
     /// Addresses to listen on.
     pub listen: Vec<SocketAddr>,
     /// Shard CPUs.
@@ -59,6 +90,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
+            routes: builtin_routes(),
             listen: vec![DEFAULT_LISTEN.parse().expect("valid default")],
             cpus: CpuSelection::All,
             idle: IdleStrategy::Park,
@@ -115,10 +147,12 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
     let mesh_cfg = MeshConfig::<ShardMsg>::new(cpus.len(), percore_runtime::mesh::DEFAULT_QUEUE);
     let mutex_kv = MutexKv::default();
     let config = opts.config.clone();
+    let routes = opts.routes.clone();
     let rt = builder.spawn(table, move |mut shard: percore_runtime::Shard<Control>| {
         let mesh_cfg = mesh_cfg.clone();
         let mutex_kv = mutex_kv.clone();
         let config = Rc::new(config.clone());
+        let routes = routes.clone();
         async move {
             let id = shard.id;
             let kv = Kv::new(id, shard.count);
@@ -127,7 +161,8 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
                 Ok(mesh) => kv.set_mesh(mesh),
                 Err(e) => panic!("shard {id}: {e}"),
             }
-            let router = match builtin::routes(RouterBuilder::new(), kv, mutex_kv, shard.engine.clone()).build() {
+            let cx = ShardContext { shard: id, shards: shard.count, engine: shard.engine.clone(), kv, mutex_kv };
+            let router = match (routes)(&cx).build() {
                 Ok(r) => Rc::new(r),
                 Err(e) => panic!("shard {id}: {e}"),
             };
