@@ -64,6 +64,9 @@ pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 pub const DEFAULT_RECV_BUFFERS: u16 = 512;
 /// Default size of one provided receive buffer.
 pub const DEFAULT_RECV_BUFFER_SIZE: u32 = 16 * 1024;
+/// Default busy-poll window of an idle driver: long enough to bridge the gaps between requests
+/// of a loaded server, short enough not to matter when it is idle.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(20);
 /// Most completions handled per driver turn before the connection tasks get to run.
 const MAX_CQES_PER_TURN: usize = 1024;
 /// Buffer group id of the shard's provided buffer ring.
@@ -111,6 +114,8 @@ pub struct EngineConfig {
     pub idle: IdleStrategy,
     /// Granularity of connection deadlines.
     pub timer_tick: Duration,
+    /// How long an idle driver watches for new completions (no syscall) before parking.
+    pub busy_poll: Duration,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +126,7 @@ impl Default for EngineConfig {
             recv_buffer_size: DEFAULT_RECV_BUFFER_SIZE,
             idle: IdleStrategy::Park,
             timer_tick: Duration::from_millis(50),
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }
@@ -361,6 +367,8 @@ struct State {
     with_deadline: usize,
     stats: EngineStats,
     draining: bool,
+    /// Idle connections are being closed.
+    closing_idle: bool,
     /// Woken when the last connection's slot is freed.
     on_empty: Option<Waker>,
 }
@@ -424,6 +432,7 @@ impl Engine {
                     rearm: VecDeque::new(),
                     with_deadline: 0,
                     draining: false,
+                    closing_idle: false,
                     on_empty: None,
                     stats: EngineStats {
                         recv_buffers_total: config.recv_buffers as u64,
@@ -464,13 +473,20 @@ impl Engine {
             .collect()
     }
 
-    /// Starts draining: idle connections (see [`Conn::set_idle`]) are woken and their `recv`
-    /// fails with [`Error::Closed`]; busy ones finish their request, see [`Engine::is_draining`]
-    /// and close. Returns how many connections were open.
+    /// Starts draining: from now on every response is the connection's last (see
+    /// [`Engine::is_draining`]). Returns how many connections are open.
     pub fn begin_drain(&self) -> usize {
         let mut st = self.inner.st.borrow_mut();
         st.draining = true;
-        let open = st.conns.iter().filter(|(_, s)| !s.dropped).count();
+        st.conns.iter().filter(|(_, s)| !s.dropped).count()
+    }
+
+    /// Closes idle connections (see [`Conn::set_idle`]): their `recv` fails with
+    /// [`Error::Closed`]; a connection that goes idle later is closed at once.
+    pub fn close_idle(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        st.draining = true;
+        st.closing_idle = true;
         for (_, s) in st.conns.iter_mut() {
             if s.idle && s.rx_head == NO_BID && !s.dropped {
                 s.drained = true;
@@ -479,7 +495,6 @@ impl Engine {
                 }
             }
         }
-        open
     }
 
     /// Whether a drain has begun: a server answers its last response with `Connection: close`.
@@ -517,23 +532,48 @@ impl Engine {
 
     /// Drains: stops the acceptors, closes idle connections, lets busy ones finish until
     /// `deadline`, then force-closes (shuts down) the sockets of what is left.
-    pub async fn drain(&self, acceptors: &[Acceptor], deadline: Instant) -> DrainReport {
+    ///
+    /// Idle keep-alive connections get `idle_grace` to send one more request (answered with
+    /// `Connection: close`) before they are closed: closing one at the instant its client sends a
+    /// request would lose that request.
+    pub async fn drain(
+        &self,
+        acceptors: &[Acceptor],
+        deadline: Instant,
+        idle_grace: Duration,
+    ) -> DrainReport {
         for a in acceptors {
             a.stop();
         }
         let open = self.begin_drain();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let graceful = futures_lite::future::or(
+        let grace = (Instant::now() + idle_grace).min(deadline);
+        let all_gone = futures_lite::future::or(
             async {
                 self.all_closed().await;
                 true
             },
             async {
-                glommio::timer::sleep(left).await;
+                glommio::timer::sleep(grace.saturating_duration_since(Instant::now())).await;
                 false
             },
         )
         .await;
+        if !all_gone {
+            self.close_idle();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let graceful = all_gone
+            || futures_lite::future::or(
+                async {
+                    self.all_closed().await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(left).await;
+                    false
+                },
+            )
+            .await;
         let mut forced = 0;
         if !graceful {
             // Sockets are shut down now (peers see the close at once); tasks still holding a
@@ -647,6 +687,12 @@ impl Engine {
                 glommio::executor().yield_task_queue_now().await;
                 continue;
             }
+            // Nothing right now. Under load the next completion is usually microseconds away:
+            // watch the ring's TASKRUN flag (set by the kernel when completion work is queued,
+            // read without a syscall) for a short while before paying for a sleep and a wake-up.
+            if inner.poll_briefly() {
+                continue;
+            }
             // Park: enable the eventfd, look once more (a completion may have raced the enable),
             // then sleep in glommio's ring until the eventfd fires.
             inner.ring.borrow().completion_shared_enable_eventfd();
@@ -736,6 +782,23 @@ impl Inner {
         }
         if self.parked.get() {
             let _ = ring.submit();
+        }
+    }
+
+    /// Watches the TASKRUN flag for up to `busy_poll`; true if completion work showed up.
+    fn poll_briefly(&self) -> bool {
+        if self.config.busy_poll.is_zero() {
+            return false;
+        }
+        let until = Instant::now() + self.config.busy_poll;
+        loop {
+            if self.ring.borrow_mut().submission().taskrun() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -1459,13 +1522,13 @@ impl Conn {
     /// closes idle connections at once and lets busy ones finish.
     pub fn set_idle(&mut self, idle: bool) {
         let mut st = self.eng.st.borrow_mut();
-        let draining = st.draining;
+        let closing = st.closing_idle;
         let s = st
             .conns
             .get_mut(self.key)
             .expect("slot lives while its Conn does");
         s.idle = idle;
-        if idle && draining && s.rx_head == NO_BID {
+        if idle && closing && s.rx_head == NO_BID {
             s.drained = true;
         }
     }

@@ -21,9 +21,11 @@
 //! - [`slab`], [`buf`]: generation-checked connection table; buffer and arena pools.
 //! - [`cpus`]: CPU lists and the affinity mask.
 //! - [`probe`]: request-path accounting for allocation tests.
+//! - [`handoff`]: passing the listening sockets to a successor process (hot restart).
 //! - [`sys`]: the raw syscalls the above need, kept in one place.
 //!
-//! Only `sys`, `engine`, `buf` (arena futures) and `probe` (a pin projection) contain `unsafe`, each block with its `// SAFETY:` reason.
+//! Only `sys`, `engine`, `handoff` (SCM_RIGHTS), `buf` (arena futures) and `probe` (a pin
+//! projection) contain `unsafe`, each block with its `// SAFETY:` reason.
 //! Nothing here knows HTTP.
 
 pub mod buf;

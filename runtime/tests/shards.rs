@@ -223,7 +223,9 @@ fn drain_scenario(
         let (tx, rx) = mpsc::channel();
         let e = e.clone();
         glommio::spawn_local(async move {
-            let r = e.drain(&[], Instant::now() + deadline).await;
+            let r = e
+                .drain(&[], Instant::now() + deadline, Duration::ZERO)
+                .await;
             let _ = tx.send(r);
         })
         .detach();

@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// Number of shards, on the first CPUs of the affinity mask.
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// Take the listening sockets from the running server (hot restart) instead of binding.
+    #[arg(long)]
+    pub upgrade: bool,
+    /// Unix socket for hot-restart handoffs (default $XDG_RUNTIME_DIR/percore/control.sock, else
+    /// /run/percore/control.sock as root, else ./percore-control.sock).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<std::path::PathBuf>,
     /// Write the serving process's pid here.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<std::path::PathBuf>,

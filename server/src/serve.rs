@@ -10,12 +10,14 @@ use std::{
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use percore_runtime::{
     ControlHandle, EngineConfig, IdleStrategy, MeshConfig, Runtime, RuntimeBuilder,
     cpus::{CpuSelection, format_cpu_list},
+    handoff,
     listener::{DEFAULT_BACKLOG, ListenerTable},
     probe::Probed,
 };
@@ -31,14 +33,18 @@ use crate::{
 
 /// Default address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How long idle keep-alive connections may send one last request during a drain.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// Default drain deadline.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Messages from the control thread to the shards.
 #[derive(Clone, Debug)]
 pub enum Control {
-    /// Stop accepting and drain until the deadline, then end the shard.
-    Drain { deadline: Instant },
+    /// Drain until the deadline, then end the shard. With `handoff`, a successor serves the
+    /// same sockets: stop accepting at once; otherwise keep answering (with `Connection: close`
+    /// and `/readyz` 503) until the drain ends.
+    Drain { deadline: Instant, handoff: bool },
 }
 
 /// What a route factory gets on each shard.
@@ -119,9 +125,14 @@ impl RunningServer {
     pub fn control(&self) -> ControlHandle<Control> {
         self.rt.control()
     }
+    /// The listening sockets (kept for a handoff).
+    pub fn listeners(&self) -> &Arc<ListenerTable> {
+        self.rt.listeners()
+    }
     /// Starts a drain on every shard.
     pub fn drain(&self, timeout: Duration) {
         let _ = self.rt.broadcast(Control::Drain {
+            handoff: false,
             deadline: Instant::now() + timeout,
         });
     }
@@ -134,6 +145,19 @@ impl RunningServer {
 /// Binds and starts the shards; returns once every shard is serving.
 pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error> {
     percore_runtime::sys::check_system()?;
+    let cpus = RuntimeBuilder::default()
+        .cpus(opts.cpus.clone())
+        .resolve_cpus()?;
+    let table = ListenerTable::bind(&opts.listen, &cpus, DEFAULT_BACKLOG)?;
+    start_on(opts, table)
+}
+
+/// Starts the shards on listening sockets already bound or inherited.
+pub fn start_on(
+    opts: ServeOptions,
+    table: ListenerTable,
+) -> Result<RunningServer, percore_runtime::Error> {
+    percore_runtime::sys::check_system()?;
     let engine = EngineConfig {
         idle: opts.idle,
         ..EngineConfig::default()
@@ -142,7 +166,7 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
         .cpus(opts.cpus.clone())
         .engine(engine);
     let cpus = builder.resolve_cpus()?;
-    let table = Arc::new(ListenerTable::bind(&opts.listen, &cpus, DEFAULT_BACKLOG)?);
+    let table = Arc::new(table);
     let addrs = table.local_addrs();
     let mesh_cfg = MeshConfig::<ShardMsg>::new(cpus.len(), percore_runtime::mesh::DEFAULT_QUEUE);
     let mutex_kv = MutexKv::default();
@@ -184,15 +208,20 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
             let done_tx = Rc::new(done_tx);
             let engine = shard.engine.clone();
             glommio::spawn_local(shard.take_inbox().run(move |msg| match msg {
-                Control::Drain { deadline } => {
+                Control::Drain { deadline, handoff } => {
                     // Keep accepting while draining: new connections are answered with
                     // `Connection: close` and `/readyz` says 503, so a load balancer that has
                     // not noticed yet gets answers, not a full accept queue.
                     let engine = engine.clone();
                     let done = done_tx.clone();
                     let acceptors = acceptors.clone();
+                    if handoff {
+                        for a in &acceptors {
+                            a.stop();
+                        }
+                    }
                     glommio::spawn_local(async move {
-                        let r = engine.drain(&[], deadline).await;
+                        let r = engine.drain(&[], deadline, DRAIN_IDLE_GRACE).await;
                         for a in &acceptors {
                             a.stop();
                         }
@@ -215,6 +244,10 @@ pub fn start(opts: ServeOptions) -> Result<RunningServer, percore_runtime::Error
 }
 
 /// Runs `percore serve` in the foreground until drained.
+///
+/// With `--upgrade` it first takes the listening sockets from the running server over its control
+/// socket, starts its shards on them, writes the pid file and only then tells the old process it
+/// is ready; any failure before that is reported to the old process, which keeps serving.
 pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = ServeOptions {
         cpus: args.cpu_selection()?,
@@ -237,12 +270,87 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         opts.config.body_timeout = t;
     }
     let drain_timeout = opts.drain_timeout;
-    // Block the signals we handle before any thread starts, so they reach the signal thread only.
+    // The control socket: explicit, or one per public port in the runtime directory (so two
+    // servers on different ports never take each other's sockets). A server on port 0 without
+    // --control-socket has no hot restart: its successor could not find it.
+    let explicit_control = args.control_socket.is_some();
+    let control_path = args.control_socket.clone().or_else(|| {
+        let port = opts.listen.first().map(|a| a.port()).unwrap_or(0);
+        (port != 0).then(|| {
+            let dir = handoff::default_control_path()
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            dir.join(format!("control-{port}.sock"))
+        })
+    });
+    // Registered before any thread starts, so the signals reach the signal thread only.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR2,
     ])?;
-    let server = start(opts)?;
+    percore_runtime::sys::check_system()?;
+    let cpus = RuntimeBuilder::default()
+        .cpus(opts.cpus.clone())
+        .resolve_cpus()?;
+    let (table, ready) = if args.upgrade {
+        let Some(control_path) = &control_path else {
+            return Err("--upgrade needs --control-socket (or a fixed --listen port)".into());
+        };
+        let (inherited, ready) = handoff::receive(control_path, cpus.len(), HANDOFF_TIMEOUT)?;
+        eprintln!(
+            "percore: took over {} listening socket(s) from pid {}",
+            inherited
+                .entries
+                .iter()
+                .map(|e| e.sockets.len())
+                .sum::<usize>(),
+            inherited.old_pid
+        );
+        match ListenerTable::from_inherited(inherited.entries, &cpus, DEFAULT_BACKLOG) {
+            Ok(t) => (t, Some(ready)),
+            Err(e) => {
+                let _ = ready.fail(&e.to_string());
+                return Err(e.into());
+            }
+        }
+    } else {
+        (
+            ListenerTable::bind(&opts.listen, &cpus, DEFAULT_BACKLOG)?,
+            None,
+        )
+    };
+    let fail = |ready: Option<handoff::ReadyHandle>, e: &dyn std::fmt::Display| {
+        if let Some(r) = ready {
+            let _ = r.fail(&e.to_string());
+        }
+    };
+    let server = match start_on(opts, table) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(ready, &e);
+            return Err(e.into());
+        }
+    };
+    let handoff_server = match &control_path {
+        None => None,
+        Some(path) => match if args.upgrade {
+            handoff::HandoffServer::bind_replacing(path)
+        } else {
+            handoff::HandoffServer::bind(path)
+        } {
+            Ok(h) => Some(h),
+            Err(e) if !explicit_control && !args.upgrade => {
+                eprintln!("percore: hot restart unavailable: {e}");
+                None
+            }
+            Err(e) => {
+                fail(ready, &e);
+                return Err(e.into());
+            }
+        },
+    };
     let mut cpus = server.cpus().to_vec();
     cpus.sort_unstable();
     for addr in server.addrs() {
@@ -253,32 +361,139 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             format_cpu_list(&cpus)
         );
     }
-    if let Some(p) = &args.pid_file {
-        write_pid_file(p)?;
+    if let Some(p) = &args.pid_file
+        && let Err(e) = write_pid_file(p)
+    {
+        fail(ready, &e);
+        return Err(format!("pid file {}: {e}", p.display()).into());
     }
+    if let Some(r) = ready {
+        r.ready()?;
+    }
+    let draining = Arc::new(AtomicBool::new(false));
     let ctl = server.control();
-    std::thread::Builder::new()
-        .name("percore-signals".into())
-        .spawn(move || {
-            let mut draining = false;
+    // Hands the sockets to a successor that connects to the control socket.
+    let can_upgrade = handoff_server.is_some();
+    if let Some(handoff_server) = handoff_server {
+        let ctl = ctl.clone();
+        let draining = draining.clone();
+        let table = server.listeners().clone();
+        std::thread::Builder::new()
+            .name("percore-handoff".into())
+            .spawn(move || serve_handoffs(handoff_server, table, ctl, draining, drain_timeout))?;
+    }
+    {
+        let args = std::env::args_os().collect::<Vec<_>>();
+        let draining = draining.clone();
+        std::thread::Builder::new().name("percore-signals".into()).spawn(move || {
             for sig in signals.forever() {
-                if draining {
+                if sig == signal_hook::consts::SIGUSR2 {
+                    if !can_upgrade {
+                        eprintln!("percore: hot restart unavailable (no control socket); SIGUSR2 ignored");
+                    } else if draining.load(Ordering::SeqCst) {
+                        eprintln!("percore: draining; upgrade ignored");
+                    } else {
+                        spawn_successor(&args);
+                    }
+                    continue;
+                }
+                if draining.swap(true, Ordering::SeqCst) {
                     if sig == signal_hook::consts::SIGINT {
                         eprintln!("percore: second interrupt, exiting now");
                         std::process::exit(130);
                     }
                     continue;
                 }
-                draining = true;
                 eprintln!("percore: draining (deadline {}s)", drain_timeout.as_secs());
-                let _ = ctl.broadcast(Control::Drain {
-                    deadline: Instant::now() + drain_timeout,
-                });
+                let _ = ctl.broadcast(Control::Drain { deadline: Instant::now() + drain_timeout, handoff: false });
             }
         })?;
+    }
     server.wait()?;
     eprintln!("percore: stopped");
     Ok(())
+}
+
+/// How long a successor waits to receive the sockets, and the old process for its READY.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers successors on the control socket: sends them the listening sockets, waits for READY,
+/// then drains this process. A successor that fails leaves this process serving.
+fn serve_handoffs(
+    hs: handoff::HandoffServer,
+    table: Arc<ListenerTable>,
+    ctl: ControlHandle<Control>,
+    draining: Arc<AtomicBool>,
+    drain_timeout: Duration,
+) {
+    loop {
+        let req = match hs.accept(None) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("percore: control socket: {e}");
+                continue;
+            }
+        };
+        if draining.load(Ordering::SeqCst) {
+            let _ = req.reject("this process is already draining");
+            continue;
+        }
+        let pid = req.pid();
+        let mut successor = match req.send(&table, 0) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("percore: handoff to pid {pid} failed: {e}; still serving");
+                continue;
+            }
+        };
+        match successor.wait_ready(HANDOFF_TIMEOUT) {
+            Ok(pid) => {
+                if draining.swap(true, Ordering::SeqCst) {
+                    continue;
+                }
+                eprintln!(
+                    "percore: pid {pid} took over; draining (deadline {}s)",
+                    drain_timeout.as_secs()
+                );
+                let _ = ctl.broadcast(Control::Drain {
+                    deadline: Instant::now() + drain_timeout,
+                    handoff: true,
+                });
+                return;
+            }
+            Err(e) => {
+                eprintln!("percore: successor pid {pid} failed before ready: {e}; still serving")
+            }
+        }
+    }
+}
+
+/// Starts `ARGS --upgrade` from the binary on disk, detached (the shell forks it and exits, so
+/// the successor is not our child and a service manager sees it if it crashes later), from this
+/// unpinned thread, so it gets the process's full CPU mask rather than one shard's.
+fn spawn_successor(args: &[std::ffi::OsString]) {
+    let Some(argv0) = args.first() else { return };
+    let bin = if std::path::Path::new(argv0).components().count() > 1 {
+        std::path::PathBuf::from(argv0)
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| argv0.into())
+    };
+    let mut rest: Vec<&std::ffi::OsString> = args[1..]
+        .iter()
+        .filter(|a| a.to_str() != Some("--upgrade"))
+        .collect();
+    let upgrade = std::ffi::OsString::from("--upgrade");
+    rest.push(&upgrade);
+    eprintln!("percore: starting successor {}", bin.display());
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("\"$0\" \"$@\" </dev/null & exit 0")
+        .arg(&bin)
+        .args(rest)
+        .status();
+    if let Err(e) = status {
+        eprintln!("percore: cannot start successor: {e}");
+    }
 }
 
 /// Writes the pid file atomically (temporary file, then rename), so a reader never sees it empty.

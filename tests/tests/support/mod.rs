@@ -14,6 +14,19 @@ pub fn percore_bin() -> &'static str {
     env!("CARGO_BIN_EXE_e2e-percore")
 }
 
+/// Path of the load generator built for these tests.
+pub fn bench_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_e2e-percore-bench")
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("percore-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// A running `percore serve`.
 pub struct Server {
     pub child: Child,

@@ -1,0 +1,174 @@
+//! Hot restart under load: ten upgrades in a row while percore-bench sends a constant rate over
+//! keep-alive connections lose nothing (no connect error, reset, timeout or non-2xx), and the
+//! serving pid changes every time.
+
+mod support;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{bench_bin, temp_dir, Server};
+
+fn read_pid(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Polls a condition that another process makes true (a file's content, a process's exit).
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn ten_upgrades_under_load_lose_nothing() {
+    let dir = temp_dir("upgrade");
+    let pid_file = dir.join("percore.pid");
+    let ctl = dir.join("control.sock");
+    let srv = Server::start(&[
+        "--cpus",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--control-socket",
+        ctl.to_str().unwrap(),
+    ]);
+    let json = dir.join("load.json");
+    let load = Command::new(bench_bin())
+        .args([
+            "-c",
+            "16",
+            "-R",
+            "3000",
+            "-d",
+            "20s",
+            "--warmup",
+            "0",
+            "--timeout",
+            "5s",
+            "--cpus",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .arg(format!("http://{}/", srv.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pids = vec![read_pid(&pid_file).unwrap()];
+    for i in 0..10 {
+        let old = *pids.last().unwrap();
+        // SAFETY: kill(2) with a pid we read from our own server's pid file.
+        unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+        wait_for(
+            &format!("upgrade {i}: a new pid in the pid file"),
+            Duration::from_secs(30),
+            || read_pid(&pid_file).is_some_and(|p| p != old),
+        );
+        let new = read_pid(&pid_file).unwrap();
+        assert!(alive(new), "the new server runs");
+        wait_for(
+            &format!("upgrade {i}: pid {old} drained and exited"),
+            Duration::from_secs(40),
+            || !alive(old),
+        );
+        pids.push(new);
+    }
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = std::fs::read_to_string(&json).unwrap();
+    let v: serde_json_lite::Value = serde_json_lite::parse(&summary);
+    let last = *pids.last().unwrap();
+    // SAFETY: as above; the last server is not our child, stop it.
+    unsafe { libc::kill(last as i32, libc::SIGTERM) };
+    wait_for("the last server to exit", Duration::from_secs(40), || {
+        !alive(last)
+    });
+    let mut unique = pids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        11,
+        "the serving pid changed every time: {pids:?}"
+    );
+    let errors = v.get("errors");
+    assert!(
+        errors.values_all_zero(),
+        "errors during upgrades: {summary}\n{text}"
+    );
+    assert!(
+        v.get("status").only_key_is("200"),
+        "non-2xx during upgrades: {summary}"
+    );
+    assert!(v.get("requests").as_f64() > 30_000.0, "{summary}");
+    eprintln!("{text}");
+}
+
+/// Just enough JSON reading for the summary (the tests crate has no JSON dependency).
+mod serde_json_lite {
+    pub struct Value(String);
+    pub fn parse(s: &str) -> Value {
+        Value(s.to_string())
+    }
+    impl Value {
+        /// The raw text of a top-level field's value.
+        pub fn get(&self, key: &str) -> Value {
+            let pat = format!("\"{key}\":");
+            let i = self
+                .0
+                .find(&pat)
+                .unwrap_or_else(|| panic!("no field {key} in {}", self.0))
+                + pat.len();
+            let rest = self.0[i..].trim_start();
+            let end = if rest.starts_with('{') {
+                rest.find('}').unwrap() + 1
+            } else {
+                rest.find([',', '}']).unwrap()
+            };
+            Value(rest[..end].to_string())
+        }
+        pub fn as_f64(&self) -> f64 {
+            self.0.trim().parse().unwrap()
+        }
+        pub fn values_all_zero(&self) -> bool {
+            self.0
+                .trim_matches(['{', '}'])
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .all(|p| p.rsplit(':').next().unwrap().trim() == "0")
+        }
+        pub fn only_key_is(&self, key: &str) -> bool {
+            let keys: Vec<&str> = self
+                .0
+                .trim_matches(['{', '}'])
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| p.split(':').next().unwrap().trim().trim_matches('"'))
+                .collect();
+            keys == [key]
+        }
+    }
+}
