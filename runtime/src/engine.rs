@@ -678,21 +678,37 @@ impl Engine {
         // SAFETY: `dup` is a fresh descriptor we own; the BufferedFile takes ownership and closes it.
         let efile = unsafe { glommio::io::BufferedFile::from_raw_fd(dup.into_raw_fd()) };
         let ticker = glommio::spawn_local(deadline_ticker(Rc::downgrade(&inner))).detach();
+        let mut polled_in_vain = false;
         loop {
             if inner.stopping.get() {
                 break;
             }
-            if inner.turn() > 0 {
+            let (reaped, submitted) = inner.turn_counts();
+            if reaped > 0 {
+                // Completions woke connection tasks: let them run.
+                polled_in_vain = false;
                 inner.st.borrow_mut().stats.busy_turns += 1;
                 glommio::executor().yield_task_queue_now().await;
+                continue;
+            }
+            if submitted > 0 {
+                // Only submissions: nobody new to run, so the queue is kept (every queue switch
+                // costs glommio's stall detector a timer syscall) unless glommio's reactor is due.
+                glommio::yield_if_needed().await;
                 continue;
             }
             // Nothing right now. Under load the next completion is usually microseconds away:
             // watch the ring's TASKRUN flag (set by the kernel when completion work is queued,
             // read without a syscall) for a short while before paying for a sleep and a wake-up.
-            if inner.poll_briefly() {
+            // Deferred work that produced no completion (a spurious socket wake-up) also raises
+            // the flag, so one fruitless round of polling sends the driver to park next time:
+            // it must never spin without giving glommio's timers and channels a turn.
+            if !polled_in_vain && inner.poll_briefly() {
+                polled_in_vain = true;
+                glommio::yield_if_needed().await;
                 continue;
             }
+            polled_in_vain = false;
             // Park: enable the eventfd, look once more (a completion may have raced the enable),
             // then sleep in glommio's ring until the eventfd fires.
             inner.ring.borrow().completion_shared_enable_eventfd();
@@ -805,6 +821,12 @@ impl Inner {
     /// One driver turn: submit what is queued, run deferred completion work, handle the CQEs.
     /// Returns how many completions it handled plus how many SQEs it submitted.
     fn turn(&self) -> usize {
+        let (reaped, submitted) = self.turn_counts();
+        reaped + submitted
+    }
+
+    /// One driver turn; returns (completions handled, SQEs submitted).
+    fn turn_counts(&self) -> (usize, usize) {
         let mut cqes = [(0u64, 0i32, 0u32); 128];
         let mut total = 0;
         let mut submitted = 0;
@@ -844,7 +866,7 @@ impl Inner {
                 break;
             }
         }
-        total + submitted
+        (total, submitted)
     }
 
     fn complete(&self, user_data: u64, res: i32, flags: u32) {
