@@ -9,8 +9,16 @@ fn deploy_dir() -> PathBuf {
 }
 
 fn run(script: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("bash").arg(deploy_dir().join(script)).args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(deploy_dir().join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -18,7 +26,11 @@ fn run(script: &str, args: &[&str]) -> (bool, String) {
 fn tune_sh_changes_nothing_without_apply() {
     let (ok, text) = run("tune_test.sh", &[]);
     assert!(ok, "{text}");
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     assert!(last.contains(" passed, 0 failed"), "{text}");
 }
 
