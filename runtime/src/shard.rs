@@ -278,6 +278,11 @@ impl log::Log for StallLogger {
     fn flush(&self) {}
 }
 
+/// Stalls detected in this process so far (all shards of all runtimes).
+pub fn stalls_total() -> u64 {
+    stall_counter().load(Ordering::Relaxed)
+}
+
 /// Installs the stall logger once per process; the counter is shared by all runtimes.
 fn stall_counter() -> Arc<AtomicU64> {
     static COUNT: std::sync::OnceLock<Arc<AtomicU64>> = std::sync::OnceLock::new();

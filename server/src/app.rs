@@ -12,7 +12,19 @@ use std::{
 
 use percore_runtime::{Engine, buf::ArenaPool};
 
-use crate::{config::ServerConfig, http::format_imf_fixdate, router::Router};
+use crate::{
+    config::ServerConfig,
+    http::format_imf_fixdate,
+    metrics::{RouteId, ShardMetrics},
+    router::Router,
+};
+
+fn register(metrics: &ShardMetrics, router: &Router) -> Rc<[RouteId]> {
+    router
+        .patterns()
+        .map(|p| metrics.register_route(p))
+        .collect()
+}
 
 /// A shard's server state.
 pub struct App {
@@ -27,7 +39,13 @@ pub struct App {
     config: RefCell<Rc<ServerConfig>>,
     server_name: RefCell<Rc<[u8]>>,
     router: RefCell<Rc<Router>>,
+    /// Metrics route id of each route index of the current router.
+    route_ids: RefCell<Rc<[RouteId]>>,
     date: Cell<[u8; 29]>,
+    /// Per-shard counters and latency histograms.
+    pub metrics: ShardMetrics,
+    /// Generation of the config this shard serves.
+    pub generation: Cell<u64>,
 }
 
 impl App {
@@ -41,7 +59,12 @@ impl App {
         router: Rc<Router>,
     ) -> Rc<App> {
         let name: Rc<[u8]> = config.server_name.as_bytes().into();
+        let metrics = ShardMetrics::new(shard);
+        let route_ids = register(&metrics, &router);
         Rc::new(App {
+            metrics,
+            generation: Cell::new(0),
+            route_ids: RefCell::new(route_ids),
             shard,
             shards,
             engine,
@@ -76,8 +99,18 @@ impl App {
         self.router.borrow().clone()
     }
 
+    /// The metrics id of route `index` of the current router.
+    pub fn route_id(&self, index: usize) -> RouteId {
+        self.route_ids
+            .borrow()
+            .get(index)
+            .copied()
+            .unwrap_or(RouteId::UNMATCHED)
+    }
+
     /// Swaps in a new config and router (between requests).
     pub fn swap(&self, config: Rc<ServerConfig>, router: Rc<Router>) {
+        *self.route_ids.borrow_mut() = register(&self.metrics, &router);
         *self.server_name.borrow_mut() = config.server_name.as_bytes().into();
         *self.config.borrow_mut() = config;
         *self.router.borrow_mut() = router;

@@ -125,3 +125,107 @@ pub fn routes(
     );
     b
 }
+
+/// A fixed response from the config (`respond = { ... }`).
+struct Fixed {
+    status: u16,
+    body: Box<[u8]>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Handler for Fixed {
+    fn call<'r>(&'r self, req: &'r Request<'r>) -> HandlerFuture<'r> {
+        let mut r = Response::new(self.status).with_body(&self.body);
+        for (n, v) in &self.headers {
+            r.add_header(n, v);
+        }
+        req.reply(std::future::ready(r))
+    }
+}
+
+/// Builds a shard's router from the config's routes (or the built-in list when it has none).
+pub fn router_from_config(
+    cfg: &crate::config_file::Config,
+    kv: Rc<Kv>,
+    mutex_kv: MutexKv,
+    engine: Engine,
+    shard: usize,
+    shards: usize,
+) -> RouterBuilder {
+    use crate::config_file::{BuiltinHandler as B, MiddlewareConfig as M};
+    let hello = handler_fn(|_r| Response::text(HELLO));
+    let json = handler_fn(|_r| Response::json(JSON));
+    let echo = handler_fn(|r| {
+        Response::new(200)
+            .with_header("content-type", b"application/octet-stream")
+            .with_body(r.body)
+    });
+    let kv_route: Rc<dyn Handler> = Rc::new(KvRoute { kv });
+    let mkv: Rc<dyn Handler> = Rc::new(MutexKvRoute { kv: mutex_kv });
+    let health = handler_fn(|_r| Response::text(b"ok\n"));
+    let e = engine;
+    let ready = handler_fn(move |_r| {
+        if e.is_draining() {
+            Response::status_text(503, b"draining\n")
+        } else {
+            Response::text(b"ready\n")
+        }
+    });
+    let mut b = RouterBuilder::new();
+    let mut layered: Vec<String> = Vec::new();
+    for route in cfg.routes_or_default() {
+        let h: Rc<dyn Handler> = match (&route.handler, &route.respond) {
+            (Some(B::Hello), _) => hello.clone(),
+            (Some(B::Json), _) => json.clone(),
+            (Some(B::Echo), _) => echo.clone(),
+            (Some(B::Kv), _) => kv_route.clone(),
+            (Some(B::KvMutex), _) => mkv.clone(),
+            (Some(B::Healthz), _) => health.clone(),
+            (Some(B::Readyz), _) => ready.clone(),
+            (None, Some(f)) => {
+                let mut headers = vec![(
+                    "content-type".to_string(),
+                    f.content_type.clone().into_bytes(),
+                )];
+                headers.extend(
+                    f.headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
+                );
+                Rc::new(Fixed {
+                    status: f.status,
+                    body: f.body.clone().into_bytes().into(),
+                    headers,
+                })
+            }
+            (None, None) => continue, // rejected by validation
+        };
+        for m in &route.methods {
+            b.add(m, &route.path, h.clone());
+        }
+        // Several entries may share a path (validation makes their middleware equal): layer once.
+        if layered.contains(&route.path) {
+            continue;
+        }
+        layered.push(route.path.clone());
+        for mw in &route.middleware {
+            let layer: Rc<dyn crate::handler::Middleware> = match mw {
+                M::AccessLog {} => Rc::new(crate::middleware::AccessLog),
+                M::RequestId {} => Rc::new(crate::middleware::RequestId::new(shard)),
+                M::RateLimit { rps, burst } => Rc::new(crate::middleware::RateLimit::new(
+                    *rps,
+                    burst.unwrap_or(*rps),
+                    shards,
+                )),
+                M::Auth { token } => Rc::new(crate::handler::BearerAuth::new(token)),
+                M::Headers { set } => Rc::new(crate::middleware::SetHeaders::new(
+                    set.iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                        .collect(),
+                )),
+            };
+            b = b.layer_on(&route.path, layer);
+        }
+    }
+    b
+}

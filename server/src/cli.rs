@@ -23,6 +23,40 @@ pub enum Command {
     Serve(ServeArgs),
     /// Server + load generator + HDR latency report, on the embedded default config (~30 s).
     Demo(DemoArgs),
+    /// Show the effective configuration.
+    Config(ConfigArgs),
+    /// Talk to a running server's admin API.
+    Ctl(CtlArgs),
+}
+
+/// Arguments of `percore config`.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// `print`: the effective config (file + defaults) as TOML.
+    #[arg(value_parser = ["print"])]
+    pub action: String,
+    /// Config file (default: the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `percore ctl`.
+#[derive(Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// Admin API address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Bearer token of the admin API.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print the raw JSON instead of readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// status | config | metrics | reload | rollback [N] | drain
+    #[arg(value_parser = ["status", "config", "metrics", "reload", "rollback", "drain"])]
+    pub action: String,
+    /// Snapshot number for `rollback` (default: the previous one).
+    pub arg: Option<u64>,
 }
 
 /// Arguments of `percore demo`.
@@ -76,9 +110,19 @@ pub struct ServeArgs {
     /// Body inactivity timeout (e.g. `30s`); then 408.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub body_timeout: Option<std::time::Duration>,
-    /// Seconds a drain (SIGTERM) waits for in-flight requests before closing them.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub drain_timeout: u64,
+    /// Seconds a drain (SIGTERM) waits for in-flight requests before closing them (default: the
+    /// config's `server.drain_timeout`, 30 s).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+    /// Config file (TOML); without one the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Validate the config (and flags) and exit: 0 when valid, 1 with `file:line: field: error`.
+    #[arg(long)]
+    pub check: bool,
+    /// Admin API address (default from the config, 127.0.0.1:9090; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
     /// Spin this many microseconds before parking an idle shard (lower latency at low load).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     pub idle_spin_us: u64,
@@ -144,6 +188,8 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Serve(args) => crate::serve::run(args),
+        Command::Config(a) => crate::control::print_config(a.config.as_deref()),
+        Command::Ctl(a) => crate::control::ctl(&a),
         Command::Demo(a) => crate::demo::run(crate::demo::DemoOptions {
             probe: a.probe,
             duration: a.duration,

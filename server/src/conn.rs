@@ -38,6 +38,7 @@ use crate::{
         self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, EMPTY_HEADER, Framing,
         ResponseHead, Status, write_error, write_head,
     },
+    metrics::{Method, RouteId},
     router::Found,
 };
 
@@ -65,6 +66,12 @@ struct Step {
 
 /// Serves one connection until it closes.
 pub async fn serve(mut c: Conn, app: Rc<App>) {
+    app.metrics.connection_accepted();
+    serve_inner(&mut c, &app).await;
+    app.metrics.connection_closed();
+}
+
+async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut need = Need::Idle;
     let mut head_deadline = Instant::now();
@@ -82,7 +89,10 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
         c.set_idle(need == Need::Idle && served);
         c.set_deadline(Some(deadline));
         let buf = match c.recv().await {
-            Ok(Some(b)) => b,
+            Ok(Some(b)) => {
+                app.metrics.add_bytes_in(b.len() as u64);
+                b
+            }
             Ok(None) => break,
             Err(RtError::TimedOut) => {
                 if need != Need::Idle {
@@ -92,7 +102,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
                         &app.date(),
                         &app.server_name(),
                     );
-                    linger_close(&mut c).await;
+                    linger_close(c).await;
                 }
                 break;
             }
@@ -103,7 +113,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
         }
         c.set_idle(false);
         let step = if pending.is_empty() {
-            let step = process_boxed(&mut c, &app, &buf, &mut continue_sent).await;
+            let step = process_boxed(c, app, &buf, &mut continue_sent).await;
             if step.consumed < buf.len() && !step.close {
                 pending = app.engine.pool().take();
                 pending.extend_from_slice(&buf[step.consumed..]);
@@ -112,7 +122,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
         } else {
             pending.extend_from_slice(&buf);
             drop(buf);
-            let step = process_boxed(&mut c, &app, &pending, &mut continue_sent).await;
+            let step = process_boxed(c, app, &pending, &mut continue_sent).await;
             pending.drain(..step.consumed.min(pending.len()));
             step
         };
@@ -124,7 +134,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
             app.engine.pool().give(std::mem::take(&mut pending));
         }
         if step.close {
-            linger_close(&mut c).await;
+            linger_close(c).await;
             break;
         }
         if c.flush().is_err() {
@@ -254,10 +264,14 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
         let http10 = head.version == 0;
         let is_head = head.method == "HEAD";
         let router = app.router();
+        let started = Instant::now();
+        let method = Method::from_token(head.method);
+        let mut route_id = RouteId::UNMATCHED;
         let resp = {
             let found = router.find(head.method, head.path);
             match found {
-                Found::Handler(handler, middleware, params) => {
+                Found::Handler(handler, middleware, params, route) => {
+                    route_id = app.route_id(route);
                     let req = Request {
                         head,
                         params,
@@ -292,6 +306,12 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 }
             }
         };
+        app.metrics.record(
+            route_id,
+            method,
+            resp.status,
+            started.elapsed().as_micros() as u64,
+        );
         app.arenas.give(arena);
         answered += 1;
         off = body_start + body_len;
@@ -332,6 +352,7 @@ fn decode_chunked<'a>(
 /// What encoding a response decided.
 struct Encoded {
     close: bool,
+    status: u16,
 }
 
 /// Writes `resp` into the connection's write buffer. An invalid handler header becomes a 500.
@@ -371,16 +392,52 @@ fn encode(
         extra: resp.headers(),
     };
     let out = c.write_buf();
-    match write_head(out, &head) {
+    let before = out.len();
+    let r = write_head(out, &head);
+    let enc = encoded(
+        out,
+        r,
+        &head,
+        body,
+        is_head,
+        close,
+        resp.status,
+        &date,
+        &server,
+    );
+    app.metrics.add_bytes_out((out.len() - before) as u64);
+    enc
+}
+
+#[allow(clippy::too_many_arguments)] // reason: the pieces of one response, kept as plain arguments
+fn encoded(
+    out: &mut Vec<u8>,
+    r: Result<(), http::Error>,
+    head: &ResponseHead<'_>,
+    body: &[u8],
+    is_head: bool,
+    close: bool,
+    status: u16,
+    date: &[u8; 29],
+    server: &[u8],
+) -> Encoded {
+    let resp_status = status;
+    match r {
         Ok(()) => {
             if !is_head && matches!(head.framing, Framing::Length(_)) {
                 out.extend_from_slice(body);
             }
-            Encoded { close }
+            Encoded {
+                close,
+                status: resp_status,
+            }
         }
         Err(e) => {
-            write_error(out, e, &date, &server);
-            Encoded { close: true }
+            write_error(out, e, date, server);
+            Encoded {
+                close: true,
+                status: e.status(),
+            }
         }
     }
 }

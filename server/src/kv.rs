@@ -123,6 +123,11 @@ impl Kv {
         }
     }
 
+    /// Calls from this shard waiting for another shard's reply.
+    pub fn mesh_pending(&self) -> usize {
+        self.mesh.borrow().as_ref().map_or(0, |m| m.pending_calls())
+    }
+
     fn mesh(&self) -> Option<Mesh<ShardMsg>> {
         self.mesh.borrow().clone()
     }

@@ -12,6 +12,7 @@ use crate::handler::{Handler, Middleware};
 
 /// One path pattern's handlers.
 pub struct Route {
+    pattern: String,
     methods: Vec<(String, Rc<dyn Handler>)>,
     middleware: Vec<Rc<dyn Middleware>>,
     allow: Vec<u8>,
@@ -41,11 +42,13 @@ impl Route {
 
 /// What a lookup found.
 pub enum Found<'a, 'p> {
-    /// A handler, the route's middleware and the path parameters.
+    /// A handler, the route's middleware, the path parameters and the route's index (see
+    /// [`Router::patterns`]).
     Handler(
         &'a Rc<dyn Handler>,
         &'a [Rc<dyn Middleware>],
         matchit::Params<'a, 'p>,
+        usize,
     ),
     /// The path exists but not for this method; the value of `Allow`.
     MethodNotAllowed(&'a [u8]),
@@ -91,6 +94,7 @@ impl RouterBuilder {
                 self.routes.push((
                     path.to_string(),
                     Route {
+                        pattern: path.to_string(),
                         methods: Vec::new(),
                         middleware: Vec::new(),
                         allow: Vec::new(),
@@ -145,13 +149,18 @@ pub struct Router {
 }
 
 impl Router {
+    /// The path patterns, by route index.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| r.pattern.as_str())
+    }
+
     /// Finds what serves `method path`.
     pub fn find<'a, 'p>(&'a self, method: &str, path: &'p str) -> Found<'a, 'p> {
         match self.tree.at(path) {
             Ok(m) => {
                 let route = &self.routes[*m.value];
                 match route.handler(method) {
-                    Some(h) => Found::Handler(h, &route.middleware, m.params),
+                    Some(h) => Found::Handler(h, &route.middleware, m.params, *m.value),
                     None => Found::MethodNotAllowed(&route.allow),
                 }
             }
@@ -178,11 +187,11 @@ mod tests {
             .build()
             .unwrap();
         match r.find("GET", "/kv/abc") {
-            Found::Handler(_, _, p) => assert_eq!(p.get("key"), Some("abc")),
+            Found::Handler(_, _, p, _) => assert_eq!(p.get("key"), Some("abc")),
             _ => panic!("expected a handler"),
         }
         match r.find("GET", "/files/a/b/c") {
-            Found::Handler(_, _, p) => assert_eq!(p.get("rest"), Some("a/b/c")),
+            Found::Handler(_, _, p, _) => assert_eq!(p.get("rest"), Some("a/b/c")),
             _ => panic!("expected a handler"),
         }
         assert!(

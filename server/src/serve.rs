@@ -27,6 +27,8 @@ use crate::{
     builtin,
     cli::ServeArgs,
     config::ServerConfig,
+    config_file::Config,
+    control::{ControlPlane, Overrides},
     kv::{Kv, MutexKv, ShardMsg},
     router::RouterBuilder,
 };
@@ -41,6 +43,18 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages from the control thread to the shards.
 #[derive(Clone, Debug)]
 pub enum Control {
+    /// Serve this config from the next request on; confirm on `ack`.
+    Reload {
+        config: Arc<Config>,
+        generation: u64,
+        ack: std::sync::mpsc::Sender<Result<(), String>>,
+    },
+    /// Count a reload outcome (sent to shard 0 only).
+    ReloadOutcome { ok: bool },
+    /// Report counters and metrics.
+    Report {
+        reply: std::sync::mpsc::Sender<crate::control::ShardReport>,
+    },
     /// Drain until the deadline, then end the shard. With `handoff`, a successor serves the
     /// same sockets: stop accepting at once; otherwise keep answering (with `Connection: close`
     /// and `/readyz` 503) until the drain ends.
@@ -59,6 +73,8 @@ pub struct ShardContext {
     pub kv: Rc<Kv>,
     /// The mutex-based store shared by all shards.
     pub mutex_kv: MutexKv,
+    /// The config being applied (its routes, for the default factory).
+    pub config: Arc<Config>,
 }
 
 /// Builds a shard's routes. Called once on every shard, so handlers may hold shard-local state.
@@ -67,11 +83,13 @@ pub type RouteFactory = Arc<dyn Fn(&ShardContext) -> RouterBuilder + Send + Sync
 /// The built-in routes of the embedded default config.
 pub fn builtin_routes() -> RouteFactory {
     Arc::new(|cx: &ShardContext| {
-        builtin::routes(
-            RouterBuilder::new(),
+        builtin::router_from_config(
+            &cx.config,
             cx.kv.clone(),
             cx.mutex_kv.clone(),
             cx.engine.clone(),
+            cx.shard,
+            cx.shards,
         )
     })
 }
@@ -89,6 +107,8 @@ pub struct ServeOptions {
     pub idle: IdleStrategy,
     /// HTTP settings.
     pub config: ServerConfig,
+    /// The config file's contents (routes, middleware); the default when there is no file.
+    pub file: Arc<Config>,
     /// Drain deadline on SIGTERM.
     pub drain_timeout: Duration,
 }
@@ -101,6 +121,7 @@ impl Default for ServeOptions {
             cpus: CpuSelection::All,
             idle: IdleStrategy::Park,
             config: ServerConfig::default(),
+            file: Arc::new(Config::default()),
             drain_timeout: DRAIN_TIMEOUT,
         }
     }
@@ -172,11 +193,13 @@ pub fn start_on(
     let mutex_kv = MutexKv::default();
     let config = opts.config.clone();
     let routes = opts.routes.clone();
+    let file = opts.file.clone();
     let rt = builder.spawn(table, move |mut shard: percore_runtime::Shard<Control>| {
         let mesh_cfg = mesh_cfg.clone();
         let mutex_kv = mutex_kv.clone();
         let config = Rc::new(config.clone());
         let routes = routes.clone();
+        let file = file.clone();
         async move {
             let id = shard.id;
             let kv = Kv::new(id, shard.count);
@@ -185,12 +208,13 @@ pub fn start_on(
                 Ok(mesh) => kv.set_mesh(mesh),
                 Err(e) => panic!("shard {id}: {e}"),
             }
-            let cx = ShardContext { shard: id, shards: shard.count, engine: shard.engine.clone(), kv, mutex_kv };
+            let cx = ShardContext { shard: id, shards: shard.count, engine: shard.engine.clone(), kv, mutex_kv, config: file };
             let router = match (routes)(&cx).build() {
                 Ok(r) => Rc::new(r),
                 Err(e) => panic!("shard {id}: {e}"),
             };
             let app = App::new(id, shard.count, shard.engine.clone(), shard.arenas.clone(), config, router);
+            app.generation.set(1);
             app.start_clock();
             let mut acceptors: Vec<Rc<percore_runtime::Acceptor>> = Vec::new();
             for l in shard.take_listeners() {
@@ -207,7 +231,41 @@ pub fn start_on(
             let (done_tx, done_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
             let done_tx = Rc::new(done_tx);
             let engine = shard.engine.clone();
+            let app2 = app.clone();
+            let cpu = shard.cpu;
             glommio::spawn_local(shard.take_inbox().run(move |msg| match msg {
+                Control::Reload { config, generation, ack } => {
+                    let next = ShardContext {
+                        shard: cx.shard,
+                        shards: cx.shards,
+                        engine: cx.engine.clone(),
+                        kv: cx.kv.clone(),
+                        mutex_kv: cx.mutex_kv.clone(),
+                        config: config.clone(),
+                    };
+                    match (routes)(&next).build() {
+                        Ok(router) => {
+                            app2.swap(Rc::new(config.server_config()), Rc::new(router));
+                            app2.generation.set(generation);
+                            let _ = ack.send(Ok(()));
+                        }
+                        Err(e) => {
+                            let _ = ack.send(Err(format!("shard {id}: {e}")));
+                        }
+                    }
+                }
+                Control::ReloadOutcome { ok } => app2.metrics.reload(ok),
+                Control::Report { reply } => {
+                    let _ = reply.send(crate::control::ShardReport {
+                        shard: id,
+                        cpu,
+                        generation: app2.generation.get(),
+                        engine: app2.engine.stats(),
+                        pool: app2.engine.pool().stats(),
+                        metrics: app2.metrics.snapshot(),
+                        mesh_pending: cx.kv.mesh_pending(),
+                    });
+                }
                 Control::Drain { deadline, handoff } => {
                     // Keep accepting while draining: new connections are answered with
                     // `Connection: close` and `/readyz` says 503, so a load balancer that has
@@ -249,46 +307,71 @@ pub fn start_on(
 /// socket, starts its shards on them, writes the pid file and only then tells the old process it
 /// is ready; any failure before that is reported to the old process, which keeps serving.
 pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    args.cpu_selection()?; // syntax errors in --cpus are argument errors
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        cpus: args.cpus.clone(),
+        shards: args.shards,
+        admin: args.admin,
+        header_timeout: args.header_timeout,
+        keepalive_timeout: args.keepalive_timeout,
+        body_timeout: args.body_timeout,
+    };
+    let file = match &args.config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let mut cfg = overrides.apply(file)?;
+    if let Some(secs) = args.drain_timeout {
+        cfg.server.drain_timeout = Duration::from_secs(secs);
+    }
+    if args.check {
+        let origin = args
+            .config
+            .as_ref()
+            .map_or("the embedded default config".to_string(), |p| {
+                p.display().to_string()
+            });
+        println!("percore: {origin} is valid");
+        return Ok(());
+    }
     let mut opts = ServeOptions {
-        cpus: args.cpu_selection()?,
+        listen: cfg.server.listen.clone(),
+        cpus: cfg.cpu_selection()?,
+        config: cfg.server_config(),
+        drain_timeout: cfg.server.drain_timeout,
         ..ServeOptions::default()
     };
-    if !args.listen.is_empty() {
-        opts.listen = args.listen.clone();
-    }
     if args.idle_spin_us > 0 {
         opts.idle = IdleStrategy::Spin(Duration::from_micros(args.idle_spin_us));
     }
-    opts.drain_timeout = Duration::from_secs(args.drain_timeout);
-    if let Some(t) = args.header_timeout {
-        opts.config.header_timeout = t;
-    }
-    if let Some(t) = args.keepalive_timeout {
-        opts.config.keepalive_timeout = t;
-    }
-    if let Some(t) = args.body_timeout {
-        opts.config.body_timeout = t;
-    }
     let drain_timeout = opts.drain_timeout;
+    let cfg = Arc::new(cfg);
+    opts.file = cfg.clone();
     // The control socket: explicit, or one per public port in the runtime directory (so two
     // servers on different ports never take each other's sockets). A server on port 0 without
     // --control-socket has no hot restart: its successor could not find it.
-    let explicit_control = args.control_socket.is_some();
-    let control_path = args.control_socket.clone().or_else(|| {
-        let port = opts.listen.first().map(|a| a.port()).unwrap_or(0);
-        (port != 0).then(|| {
-            let dir = handoff::default_control_path()
-                .parent()
-                .map(|p| p.to_path_buf())
-                .unwrap_or_default();
-            dir.join(format!("control-{port}.sock"))
-        })
-    });
+    let explicit_control = args.control_socket.is_some() || cfg.server.control_socket.is_some();
+    let control_path = args
+        .control_socket
+        .clone()
+        .or_else(|| cfg.server.control_socket.clone())
+        .or_else(|| {
+            let port = opts.listen.first().map(|a| a.port()).unwrap_or(0);
+            (port != 0).then(|| {
+                let dir = handoff::default_control_path()
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default();
+                dir.join(format!("control-{port}.sock"))
+            })
+        });
     // Registered before any thread starts, so the signals reach the signal thread only.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGUSR2,
+        signal_hook::consts::SIGHUP,
     ])?;
     percore_runtime::sys::check_system()?;
     let cpus = RuntimeBuilder::default()
@@ -351,6 +434,13 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         },
     };
+    // The pid file first: whoever sees the listening line can rely on it.
+    if let Some(p) = &args.pid_file
+        && let Err(e) = write_pid_file(p)
+    {
+        fail(ready, &e);
+        return Err(format!("pid file {}: {e}", p.display()).into());
+    }
     let mut cpus = server.cpus().to_vec();
     cpus.sort_unstable();
     for addr in server.addrs() {
@@ -361,17 +451,42 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             format_cpu_list(&cpus)
         );
     }
-    if let Some(p) = &args.pid_file
-        && let Err(e) = write_pid_file(p)
-    {
-        fail(ready, &e);
-        return Err(format!("pid file {}: {e}", p.display()).into());
-    }
     if let Some(r) = ready {
         r.ready()?;
     }
     let draining = Arc::new(AtomicBool::new(false));
     let ctl = server.control();
+    let cp = ControlPlane::new(
+        cfg.clone(),
+        args.config.clone(),
+        overrides,
+        ctl.clone(),
+        server.cpus().to_vec(),
+        draining.clone(),
+        drain_timeout,
+    );
+    // The admin API: its own listener, never the public one. A default address that is taken
+    // (another server on this machine) disables it with a warning; an explicit one is an error.
+    match std::net::TcpListener::bind(cfg.admin.listen) {
+        Ok(l) => {
+            println!("percore: admin on http://{}", l.local_addr()?);
+            let cp = cp.clone();
+            let token = cfg.admin.token.clone();
+            std::thread::Builder::new()
+                .name("percore-admin".into())
+                .spawn(move || crate::control::serve_admin(l, cp, token))?;
+        }
+        Err(e) if args.admin.is_none() && args.config.is_none() => {
+            eprintln!(
+                "percore: admin API unavailable: bind {}: {e}",
+                cfg.admin.listen
+            );
+        }
+        Err(e) => return Err(format!("admin bind {}: {e}", cfg.admin.listen).into()),
+    }
+    if let Some(path) = &args.config {
+        crate::control::watch_config(path.clone(), cp.clone());
+    }
     // Hands the sockets to a successor that connects to the control socket.
     let can_upgrade = handoff_server.is_some();
     if let Some(handoff_server) = handoff_server {
@@ -385,8 +500,16 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     {
         let args = std::env::args_os().collect::<Vec<_>>();
         let draining = draining.clone();
+        let cp = cp.clone();
         std::thread::Builder::new().name("percore-signals".into()).spawn(move || {
             for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    match cp.reload() {
+                        Ok(g) => eprintln!("percore: config reloaded (generation {g})"),
+                        Err(e) => eprintln!("percore: reload rejected, the running config stays: {e}"),
+                    }
+                    continue;
+                }
                 if sig == signal_hook::consts::SIGUSR2 {
                     if !can_upgrade {
                         eprintln!("percore: hot restart unavailable (no control socket); SIGUSR2 ignored");

@@ -172,3 +172,67 @@ mod serde_json_lite {
         }
     }
 }
+
+#[test]
+fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
+    use std::io::BufRead;
+    let dir = temp_dir("upgrade-fail");
+    let pid_file = dir.join("percore.pid");
+    let ctl = dir.join("control.sock");
+    let cfg = dir.join("percore.toml");
+    std::fs::write(&cfg, "[server]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+    let mut srv = Server::start(&[
+        "--cpus",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--control-socket",
+        ctl.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let old = read_pid(&pid_file).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = srv.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus_field = 1\n",
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+    // The successor (sharing our stderr) reports its config error and exits.
+    let want = format!("percore: {}:3:", cfg.display());
+    let line = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the successor's error line");
+        if l.starts_with(&want) {
+            break l;
+        }
+    };
+    assert!(line.contains("bogus_field"), "{line}");
+    assert_eq!(
+        read_pid(&pid_file),
+        Some(old),
+        "the pid file still names the old process"
+    );
+    let r = support::request(
+        srv.addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        (r.status, r.body),
+        (200, b"Hello, World!".to_vec()),
+        "the old process still serves"
+    );
+    assert!(alive(old));
+}

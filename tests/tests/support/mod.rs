@@ -31,6 +31,8 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin API's address, when started with `--admin`.
+    pub admin: Option<SocketAddr>,
     pub stderr: Option<ChildStderr>,
     /// Lines printed on stdout after the listening line(s) were read.
     pub stdout_lines: Vec<String>,
@@ -70,12 +72,24 @@ impl Server {
                 }
             }
         };
+        // With an admin listener, its address comes on a later line.
+        let mut admin = None;
+        if args.contains(&"--admin") {
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                if let Some(rest) = line.strip_prefix("percore: admin on http://") {
+                    admin = Some(rest.trim().parse().unwrap());
+                    break;
+                }
+            }
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let stderr = child.stderr.take();
         Server {
             child,
             addr,
+            admin,
             stderr,
             stdout_lines: Vec::new(),
         }
@@ -116,6 +130,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One request on a fresh connection (`Connection: close`); returns the parsed response.
+pub fn request(addr: SocketAddr, req: &str) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let out = exchange_until_close(&mut s, req.as_bytes());
+    parse_responses(&out)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no response to {req:?}"))
 }
 
 /// Sends `req`, reads until the server closes, returns everything it sent.

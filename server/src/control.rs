@@ -1,0 +1,632 @@
+//! The control plane: configuration reloads and rollbacks, and the admin API.
+//!
+//! It runs on threads that are not shards (the signal thread, the config-file watcher, the admin
+//! listener) and reaches the shards only through their control inboxes. A reload parses and
+//! validates the file here, sends the new config to every shard and waits for each to swap it in
+//! (between requests: a request sees the old or the new config, never a mix). Applied configs are
+//! numbered snapshots; the last [`KEEP_SNAPSHOTS`] can be rolled back to. A lock guards this state
+//! — it is the control plane, never touched by a request.
+//!
+//! The admin API listens on its own address (default 127.0.0.1:9090, never the public listener),
+//! optionally behind a bearer token: `GET /status`, `GET /config`, `GET /metrics` (Prometheus
+//! text), `POST /reload`, `POST /rollback/{n}`, `POST /drain`. One request per connection.
+
+use std::{
+    collections::VecDeque,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use percore_runtime::{ControlHandle, EngineStats, buf::PoolStats};
+
+use crate::{
+    config_file::Config,
+    http::{self, EMPTY_HEADER, Status},
+    metrics::{MetricsSnapshot, render_prometheus},
+    serve::Control,
+};
+
+/// Applied configs kept for rollback.
+pub const KEEP_SNAPSHOTS: usize = 10;
+/// How long a reload waits for every shard to confirm.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a shard reports to the control plane.
+#[derive(Clone, Debug)]
+pub struct ShardReport {
+    /// Shard id.
+    pub shard: usize,
+    /// CPU it is pinned to.
+    pub cpu: usize,
+    /// Config generation it serves.
+    pub generation: u64,
+    /// Engine counters (connections, buffers).
+    pub engine: EngineStats,
+    /// Write-buffer pool.
+    pub pool: PoolStats,
+    /// Metrics snapshot.
+    pub metrics: MetricsSnapshot,
+    /// Live tasks on the shard's executor queue (approximate: connection tasks + fixed ones).
+    pub mesh_pending: usize,
+}
+
+/// Command-line values that win over the file, re-applied on every reload.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Vec<SocketAddr>,
+    /// `--cpus`.
+    pub cpus: Option<String>,
+    /// `--shards`.
+    pub shards: Option<usize>,
+    /// `--admin`.
+    pub admin: Option<SocketAddr>,
+    /// `--header-timeout`, `--keepalive-timeout`, `--body-timeout`.
+    pub header_timeout: Option<Duration>,
+    pub keepalive_timeout: Option<Duration>,
+    pub body_timeout: Option<Duration>,
+}
+
+impl Overrides {
+    /// Applies the overrides to `cfg` and validates the result.
+    pub fn apply(&self, mut cfg: Config) -> Result<Config, String> {
+        if !self.listen.is_empty() {
+            cfg.server.listen = self.listen.clone();
+        }
+        if self.cpus.is_some() {
+            cfg.server.cpus = self.cpus.clone();
+            cfg.server.shards = None;
+        }
+        if self.shards.is_some() {
+            cfg.server.shards = self.shards;
+            cfg.server.cpus = None;
+        }
+        if let Some(a) = self.admin {
+            cfg.admin.listen = a;
+        }
+        if let Some(t) = self.header_timeout {
+            cfg.timeouts.header = t;
+        }
+        if let Some(t) = self.keepalive_timeout {
+            cfg.timeouts.keepalive = t;
+        }
+        if let Some(t) = self.body_timeout {
+            cfg.timeouts.body = t;
+        }
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+}
+
+struct State {
+    generation: u64,
+    snapshots: VecDeque<(u64, Arc<Config>, SystemTime)>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
+
+/// The control plane of one server process.
+pub struct ControlPlane {
+    state: Mutex<State>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    ctl: ControlHandle<Control>,
+    started: Instant,
+    cpus: Vec<usize>,
+    draining: Arc<AtomicBool>,
+    drain_timeout: Duration,
+}
+
+impl ControlPlane {
+    /// The control plane for a server started with `initial` (generation 1).
+    pub fn new(
+        initial: Arc<Config>,
+        path: Option<PathBuf>,
+        overrides: Overrides,
+        ctl: ControlHandle<Control>,
+        cpus: Vec<usize>,
+        draining: Arc<AtomicBool>,
+        drain_timeout: Duration,
+    ) -> Arc<ControlPlane> {
+        let mut snapshots = VecDeque::new();
+        snapshots.push_back((1, initial, SystemTime::now()));
+        Arc::new(ControlPlane {
+            state: Mutex::new(State {
+                generation: 1,
+                snapshots,
+                reloads_ok: 0,
+                reloads_failed: 0,
+            }),
+            path,
+            overrides,
+            ctl,
+            started: Instant::now(),
+            cpus,
+            draining,
+            drain_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The config being served and its generation.
+    pub fn current(&self) -> (u64, Arc<Config>) {
+        let st = self.lock();
+        let (g, c, _) = st.snapshots.back().expect("at least the initial config");
+        (*g, c.clone())
+    }
+
+    /// Re-reads the config file and applies it. A bad file is rejected with its error and the
+    /// running config stays.
+    pub fn reload(&self) -> Result<u64, String> {
+        let Some(path) = &self.path else {
+            return Err("no config file (started without --config)".into());
+        };
+        let parsed = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.overrides.apply(c));
+        match parsed {
+            Ok(cfg) => self.apply(Arc::new(cfg)),
+            Err(e) => {
+                self.lock().reloads_failed += 1;
+                self.broadcast_reload_outcome(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls back to snapshot `generation` (default: the one before the current), as a new
+    /// generation.
+    pub fn rollback(&self, generation: Option<u64>) -> Result<u64, String> {
+        let cfg = {
+            let st = self.lock();
+            let target = match generation {
+                Some(g) => st.snapshots.iter().find(|(n, _, _)| *n == g),
+                None => st.snapshots.iter().rev().nth(1),
+            };
+            match target {
+                Some((_, c, _)) => c.clone(),
+                None => {
+                    let kept: Vec<u64> = st.snapshots.iter().map(|(n, _, _)| *n).collect();
+                    return Err(format!("no such snapshot (kept: {kept:?})"));
+                }
+            }
+        };
+        self.apply(cfg)
+    }
+
+    /// Sends `cfg` to every shard and waits until each serves it.
+    pub fn apply(&self, cfg: Arc<Config>) -> Result<u64, String> {
+        let generation = self.lock().generation + 1;
+        let (tx, rx) = mpsc::channel();
+        self.ctl
+            .broadcast(Control::Reload {
+                config: cfg.clone(),
+                generation,
+                ack: tx,
+            })
+            .map_err(|e| e.to_string())?;
+        for _ in 0..self.ctl.shards() {
+            match rx.recv_timeout(RELOAD_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.lock().reloads_failed += 1;
+                    return Err(e);
+                }
+                Err(_) => return Err("a shard did not confirm the reload".into()),
+            }
+        }
+        let mut st = self.lock();
+        st.generation = generation;
+        st.reloads_ok += 1;
+        st.snapshots.push_back((generation, cfg, SystemTime::now()));
+        while st.snapshots.len() > KEEP_SNAPSHOTS {
+            st.snapshots.pop_front();
+        }
+        drop(st);
+        self.broadcast_reload_outcome(true);
+        Ok(generation)
+    }
+
+    fn broadcast_reload_outcome(&self, ok: bool) {
+        // Counted once per process, on shard 0.
+        let _ = self.ctl.send(0, Control::ReloadOutcome { ok });
+    }
+
+    /// Asks every shard for its report.
+    pub fn reports(&self) -> Vec<ShardReport> {
+        let (tx, rx) = mpsc::channel();
+        if self.ctl.broadcast(Control::Report { reply: tx }).is_err() {
+            return Vec::new();
+        }
+        let mut out: Vec<ShardReport> = (0..self.ctl.shards())
+            .filter_map(|_| rx.recv_timeout(Duration::from_secs(5)).ok())
+            .collect();
+        out.sort_by_key(|r| r.shard);
+        out
+    }
+
+    /// Prometheus text of all shards' metrics, merged.
+    pub fn metrics(&self) -> String {
+        let reports = self.reports();
+        let mut merged = MetricsSnapshot::default();
+        let mut per_shard = Vec::new();
+        for r in &reports {
+            let mut m = r.metrics.clone();
+            let shard = r.shard.to_string();
+            m.gauge("buffer_pool_in_use", &[], r.pool.in_use as f64);
+            m.gauge("buffer_pool_free", &[], r.pool.free as f64);
+            m.gauge(
+                "recv_buffers_in_use",
+                &[],
+                r.engine.recv_buffers_in_use as f64,
+            );
+            m.gauge("open_connections", &[], r.engine.open as f64);
+            m.gauge("accept_errors", &[], r.engine.accept_errors as f64);
+            m.gauge("mesh_pending_calls", &[], r.mesh_pending as f64);
+            m.gauge("config_generation", &[], r.generation as f64);
+            let _ = shard;
+            merged.merge(&m);
+            per_shard.push(m);
+        }
+        let mut text = render_prometheus(&merged, &per_shard);
+        text.push_str(
+            "# HELP percore_stalls_total Tasks that held a shard past the stall threshold.\n",
+        );
+        text.push_str("# TYPE percore_stalls_total counter\n");
+        text.push_str(&format!(
+            "percore_stalls_total {}\n",
+            percore_runtime::shard::stalls_total()
+        ));
+        text
+    }
+
+    /// The `/status` document (JSON).
+    pub fn status_json(&self) -> String {
+        let (generation, _) = self.current();
+        let st = self.lock();
+        let kept: Vec<String> = st.snapshots.iter().map(|(n, _, _)| n.to_string()).collect();
+        let (ok, failed) = (st.reloads_ok, st.reloads_failed);
+        drop(st);
+        let shards: Vec<String> = self
+            .reports()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"shard\":{},\"cpu\":{},\"generation\":{},\"connections_open\":{},\"connections_accepted\":{},\"connections_closed\":{},\"buffers_in_use\":{},\"buffers_free\":{},\"buffers_high_water\":{},\"recv_buffers_in_use\":{},\"requests\":{}}}",
+                    r.shard,
+                    r.cpu,
+                    r.generation,
+                    r.engine.open,
+                    r.engine.accepted,
+                    r.engine.closed,
+                    r.pool.in_use,
+                    r.pool.free,
+                    r.pool.high_water,
+                    r.engine.recv_buffers_in_use,
+                    r.metrics.total_requests()
+                )
+            })
+            .collect();
+        format!(
+            "{{\"version\":\"{}\",\"pid\":{},\"uptime_s\":{:.1},\"draining\":{},\"config_generation\":{},\"snapshots\":[{}],\"reloads_ok\":{},\"reloads_failed\":{},\"stalls\":{},\"cpus\":[{}],\"shards\":[{}]}}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            self.started.elapsed().as_secs_f64(),
+            self.draining.load(Ordering::SeqCst),
+            generation,
+            kept.join(","),
+            ok,
+            failed,
+            percore_runtime::shard::stalls_total(),
+            self.cpus
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            shards.join(",")
+        )
+    }
+
+    /// Starts a drain (as SIGTERM does).
+    pub fn drain(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "percore: draining on admin request (deadline {}s)",
+                self.drain_timeout.as_secs()
+            );
+            let _ = self.ctl.broadcast(Control::Drain {
+                deadline: Instant::now() + self.drain_timeout,
+                handoff: false,
+            });
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until the process ends.
+pub fn serve_admin(listener: TcpListener, cp: Arc<ControlPlane>, token: Option<String>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let cp = cp.clone();
+        let token = token.clone();
+        // One short-lived thread per admin request: admin traffic is rare and may wait on a
+        // reload, which must not hold up the next scrape.
+        let _ = std::thread::Builder::new()
+            .name("percore-admin".into())
+            .spawn(move || {
+                let _ = handle_admin(stream, &cp, token.as_deref());
+            });
+    }
+}
+
+fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let limits = http::Limits::default();
+    let (method, path, auth) = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [EMPTY_HEADER; 64];
+        match http::parse_head(&buf, &limits, &mut headers) {
+            Ok(Status::Complete(head, _)) => {
+                let auth = head
+                    .header("authorization")
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                break (head.method.to_string(), head.path.to_string(), auth);
+            }
+            Ok(Status::Partial) => continue,
+            Err(e) => return respond(&mut s, e.status(), "text/plain", e.reason()),
+        }
+    };
+    if let Some(t) = token {
+        let expected = format!("Bearer {t}");
+        if auth.as_deref() != Some(expected.as_str()) {
+            return respond(&mut s, 401, "text/plain", "admin token required\n");
+        }
+    }
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/status") => respond(&mut s, 200, "application/json", &cp.status_json()),
+        ("GET", "/config") => {
+            let (g, c) = cp.current();
+            respond(
+                &mut s,
+                200,
+                "application/toml",
+                &format!("# generation {g}\n{}", c.redacted().effective().to_toml()),
+            )
+        }
+        ("GET", "/metrics") => respond(&mut s, 200, "text/plain; version=0.0.4", &cp.metrics()),
+        ("POST", "/reload") => match cp.reload() {
+            Ok(g) => respond(
+                &mut s,
+                200,
+                "application/json",
+                &format!("{{\"generation\":{g}}}"),
+            ),
+            Err(e) => respond(
+                &mut s,
+                422,
+                "text/plain",
+                &format!("reload rejected: {e}\n"),
+            ),
+        },
+        ("POST", p) if p.starts_with("/rollback") => {
+            let arg = p.trim_start_matches("/rollback").trim_start_matches('/');
+            let target = if arg.is_empty() {
+                None
+            } else {
+                arg.parse().ok()
+            };
+            if !arg.is_empty() && target.is_none() {
+                return respond(&mut s, 400, "text/plain", "bad snapshot number\n");
+            }
+            match cp.rollback(target) {
+                Ok(g) => respond(
+                    &mut s,
+                    200,
+                    "application/json",
+                    &format!("{{\"generation\":{g}}}"),
+                ),
+                Err(e) => respond(
+                    &mut s,
+                    404,
+                    "text/plain",
+                    &format!("rollback rejected: {e}\n"),
+                ),
+            }
+        }
+        ("POST", "/drain") => {
+            cp.drain();
+            respond(&mut s, 202, "application/json", "{\"draining\":true}")
+        }
+        (_, "/status" | "/config" | "/metrics" | "/reload" | "/drain") => {
+            respond(&mut s, 405, "text/plain", "method not allowed\n")
+        }
+        _ => respond(&mut s, 404, "text/plain", "not found\n"),
+    }
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        http::reason_phrase(status),
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    s.flush()
+}
+
+/// `percore config print`: the effective config (defaults and the built-in routes written out).
+pub fn print_config(path: Option<&std::path::Path>) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    print!("{}", cfg.redacted().effective().to_toml());
+    Ok(())
+}
+
+/// Reloads when the config file changes (inotify, through the `notify` crate). The directory is
+/// watched, not the file, so that editors that replace the file by renaming are seen too.
+pub fn watch_config(path: PathBuf, cp: Arc<ControlPlane>) {
+    use notify::{RecursiveMode, Watcher};
+    let Some(dir) = path
+        .parent()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        })
+        .map(|d| d.to_path_buf())
+    else {
+        return;
+    };
+    let name = path.file_name().map(|n| n.to_os_string());
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && (ev.kind.is_modify() || ev.kind.is_create())
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+        {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("percore: config file watch unavailable: {e}");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        eprintln!("percore: config file watch unavailable: {e}");
+        return;
+    }
+    let _ = std::thread::Builder::new().name("percore-watch".into()).spawn(move || {
+        let _keep = watcher;
+        let mut last = std::fs::read(&path).ok();
+        while rx.recv().is_ok() {
+            // An editor's save is several events: take them all, then look at the content.
+            while rx.recv_timeout(Duration::from_millis(50)).is_ok() {}
+            let now = std::fs::read(&path).ok();
+            if now.is_none() || now == last {
+                continue;
+            }
+            last = now;
+            match cp.reload() {
+                Ok(g) => eprintln!("percore: config file changed, reloaded (generation {g})"),
+                Err(e) => eprintln!("percore: config file changed but was rejected, the running config stays: {e}"),
+            }
+        }
+    });
+}
+
+/// `percore ctl ...`: one admin request, readable output (or `--json`).
+pub fn ctl(a: &crate::cli::CtlArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (method, path) = match a.action.as_str() {
+        "status" => ("GET", "/status".to_string()),
+        "config" => ("GET", "/config".to_string()),
+        "metrics" => ("GET", "/metrics".to_string()),
+        "reload" => ("POST", "/reload".to_string()),
+        "rollback" => (
+            "POST",
+            a.arg
+                .map_or("/rollback".to_string(), |n| format!("/rollback/{n}")),
+        ),
+        "drain" => ("POST", "/drain".to_string()),
+        other => return Err(format!("unknown action {other:?}").into()),
+    };
+    let mut s = TcpStream::connect_timeout(&a.admin, Duration::from_secs(5))
+        .map_err(|e| format!("admin {}: {e}", a.admin))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = a
+        .token
+        .as_ref()
+        .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        a.admin
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if !(200..300).contains(&status) {
+        return Err(format!("{} {}", status, body.trim()).into());
+    }
+    if a.json || !body.trim_start().starts_with('{') {
+        println!("{}", body.trim_end());
+    } else {
+        println!("{}", pretty_json(body));
+    }
+    Ok(())
+}
+
+/// Indents a compact JSON document (our own, so strings never contain braces or commas that
+/// matter... and if they do, the output is still valid, only less pretty).
+fn pretty_json(s: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut prev = ' ';
+    for ch in s.trim().chars() {
+        if in_str {
+            out.push(ch);
+            if ch == '"' && prev != '\\' {
+                in_str = false;
+            }
+        } else {
+            match ch {
+                '"' => {
+                    in_str = true;
+                    out.push(ch);
+                }
+                '{' | '[' => {
+                    depth += 1;
+                    out.push(ch);
+                    out.push('\n');
+                    out.push_str(&"  ".repeat(depth));
+                }
+                '}' | ']' => {
+                    depth = depth.saturating_sub(1);
+                    out.push('\n');
+                    out.push_str(&"  ".repeat(depth));
+                    out.push(ch);
+                }
+                ',' => {
+                    out.push(ch);
+                    out.push('\n');
+                    out.push_str(&"  ".repeat(depth));
+                }
+                ':' => out.push_str(": "),
+                _ => out.push(ch),
+            }
+        }
+        prev = ch;
+    }
+    out
+}

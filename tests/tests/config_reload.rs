@@ -1,0 +1,359 @@
+//! Configuration: `--check`, SIGHUP and file-change reloads served by every shard, rejected
+//! broken files, rollback, the admin API's token, `/metrics` counters, the global rate limit,
+//! and reloads under load, on the real binary.
+
+mod support;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{bench_bin, percore_bin, request, temp_dir, Server};
+
+const GET_V: &str = "GET /v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+fn config(body: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n\n[[routes]]\npath = \"/v\"\nrespond = {{ status = 200, body = \"{body}\", content_type = \"text/plain\" }}\n\n[[routes]]\npath = \"/\"\nhandler = \"hello\"\n"
+    )
+}
+
+fn admin(srv: &Server, method: &str, path: &str, token: Option<&str>) -> support::Resp {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    request(srv.admin.unwrap(), &format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"))
+}
+
+/// Asks many fresh connections (spread over the shards by SO_REUSEPORT) for /v.
+fn bodies(srv: &Server, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| String::from_utf8(request(srv.addr, GET_V).body).unwrap())
+        .collect()
+}
+
+/// The config generation every shard serves, from `/status`.
+fn generation(srv: &Server) -> u64 {
+    let s = String::from_utf8(admin(srv, "GET", "/status", None).body).unwrap();
+    let i = s.find("\"config_generation\":").unwrap() + 20;
+    s[i..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The `errors` object of a percore-bench JSON summary, whitespace removed.
+fn errors_of(json: &str) -> String {
+    let compact: String = json.chars().filter(|c| !c.is_whitespace()).collect();
+    let i = compact.find("\"errors\":{").unwrap();
+    let end = compact[i..].find('}').unwrap() + i + 1;
+    compact[i..end].to_string()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn check_reports_the_line_of_an_error() {
+    let dir = temp_dir("check");
+    let f = dir.join("bad.toml");
+    std::fs::write(&f, "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[routes]]\npath = \"/x\"\nrespond = { status = 999, body = \"\" }\n").unwrap();
+    let out = Command::new(percore_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bad.toml:6:") && err.contains("routes[0].respond.status"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::write(&f, config("one", "")).unwrap();
+    let out = Command::new(percore_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    // The example config in deploy/ is valid too.
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/percore.example.toml"
+    );
+    let out = Command::new(percore_bin())
+        .args(["serve", "--check", "--config", example])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `config print` shows the effective config, which parses back.
+    let out = Command::new(percore_bin())
+        .args(["config", "print"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("handler = \"kv\""), "{printed}");
+    std::fs::write(&f, printed.as_bytes()).unwrap();
+    let out = Command::new(percore_bin())
+        .args(["serve", "--check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sighup_reload_reaches_every_shard_a_broken_file_is_rejected_and_rollback_restores() {
+    let dir = temp_dir("reload");
+    let f = dir.join("percore.toml");
+    std::fs::write(&f, config("one", "")).unwrap();
+    let srv = Server::start_with(&[
+        "serve",
+        "--shards",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        f.to_str().unwrap(),
+    ]);
+    assert!(bodies(&srv, 20).iter().all(|b| b == "one"));
+    // A changed route, applied by SIGHUP (the file watcher may get there first; both are fine).
+    std::fs::write(&f, config("two", "")).unwrap();
+    srv.signal(libc::SIGHUP);
+    wait_until("generation 2", || generation(&srv) >= 2);
+    let seen = bodies(&srv, 40);
+    assert!(
+        seen.iter().all(|b| b == "two"),
+        "every shard serves the new route: {seen:?}"
+    );
+    // A broken file is rejected; the old config keeps serving.
+    std::fs::write(&f, "[server]\nlisten = 5\n").unwrap();
+    let r = admin(&srv, "POST", "/reload", None);
+    assert_eq!(r.status, 422);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("percore.toml:2:"),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(bodies(&srv, 10).iter().all(|b| b == "two"));
+    // Rollback to snapshot 1 restores the first behaviour.
+    let r = admin(&srv, "POST", "/rollback/1", None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(bodies(&srv, 20).iter().all(|b| b == "one"));
+    let status = String::from_utf8(admin(&srv, "GET", "/status", None).body).unwrap();
+    assert!(status.contains("\"reloads_failed\":"), "{status}");
+}
+
+#[test]
+fn the_admin_api_refuses_requests_without_the_token() {
+    let dir = temp_dir("token");
+    let f = dir.join("percore.toml");
+    std::fs::write(&f, config("one", "token = \"s3cret\"")).unwrap();
+    let srv = Server::start_with(&[
+        "serve",
+        "--cpus",
+        "0",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(admin(&srv, "GET", "/status", None).status, 401);
+    assert_eq!(admin(&srv, "POST", "/reload", Some("wrong")).status, 401);
+    assert_eq!(admin(&srv, "GET", "/status", Some("s3cret")).status, 200);
+    let cfg = String::from_utf8(admin(&srv, "GET", "/config", Some("s3cret")).body).unwrap();
+    assert!(!cfg.contains("s3cret"), "the token is redacted: {cfg}");
+    // The admin routes are not on the public listener.
+    assert_eq!(
+        request(
+            srv.addr,
+            "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        404
+    );
+}
+
+#[test]
+fn metrics_parse_and_count_the_requests_sent() {
+    let srv = Server::start(&["--shards", "2", "--admin", "127.0.0.1:0"]);
+    for _ in 0..37 {
+        assert_eq!(
+            request(
+                srv.addr,
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .status,
+            200
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            request(
+                srv.addr,
+                "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .status,
+            404
+        );
+    }
+    let text = String::from_utf8(admin(&srv, "GET", "/metrics", None).body).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str, route: &str, status: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == name
+                    && s.labels.get("route") == Some(route)
+                    && s.labels.get("status") == Some(status)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(value("percore_requests_total", "/", "2xx"), 37.0, "{text}");
+    assert_eq!(
+        value("percore_requests_total", "unmatched", "4xx"),
+        5.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("percore_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_rate_limit_holds_the_global_rate_with_two_shards() {
+    let dir = temp_dir("ratelimit");
+    let f = dir.join("percore.toml");
+    std::fs::write(
+        &f,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\npath = \"/\"\nhandler = \"hello\"\nmiddleware = [{ kind = \"rate_limit\", rps = 2000, burst = 200 }]\n",
+    )
+    .unwrap();
+    let srv = Server::start_with(&[
+        "serve",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        f.to_str().unwrap(),
+    ]);
+    let json = dir.join("load.json");
+    // Offer 4,000 requests/s for 3 s over 32 connections (spread over both shards): half must
+    // be refused with 429, and the 200s must come at the configured 2,000/s.
+    let out = Command::new(bench_bin())
+        .args([
+            "-c", "32", "-R", "4000", "-d", "3s", "--warmup", "1s", "--json",
+        ])
+        .arg(&json)
+        .arg(format!("http://{}/", srv.addr))
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = std::fs::read_to_string(&json).unwrap();
+    let field = |key: &str| -> f64 {
+        let i = s
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} in {s}"))
+            + key.len()
+            + 3;
+        let rest = &s[i..];
+        rest[..rest.find([',', '}']).unwrap()]
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let ok = field("200");
+    let secs = field("duration_s");
+    let rate = ok / secs;
+    assert!(
+        (1800.0..=2200.0).contains(&rate),
+        "admitted {rate:.0}/s (configured 2000/s): {s}"
+    );
+}
+
+#[test]
+fn twenty_reloads_under_load_lose_no_request() {
+    let dir = temp_dir("reload-load");
+    let f = dir.join("percore.toml");
+    std::fs::write(&f, config("v0", "")).unwrap();
+    let srv = Server::start_with(&[
+        "serve",
+        "--shards",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        f.to_str().unwrap(),
+    ]);
+    let json = dir.join("load.json");
+    let load = Command::new(bench_bin())
+        .args([
+            "-c", "16", "-R", "3000", "-d", "6s", "--warmup", "0", "--json",
+        ])
+        .arg(&json)
+        .arg(format!("http://{}/v", srv.addr))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 1..=20 {
+        std::fs::write(&f, config(&format!("v{i}"), "")).unwrap();
+        let r = admin(&srv, "POST", "/reload", None);
+        assert_eq!(
+            r.status,
+            200,
+            "reload {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = std::fs::read_to_string(&json).unwrap();
+    let errors = errors_of(&s);
+    assert!(
+        errors
+            .trim_end_matches('}')
+            .split(',')
+            .all(|kv| kv.ends_with(":0")),
+        "errors during reloads: {errors}"
+    );
+    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let status = &compact[compact.find("\"status\":{").unwrap()..];
+    let status = &status[..status.find('}').unwrap()];
+    assert!(
+        !status.contains("\"4") && !status.contains("\"5"),
+        "non-2xx during reloads: {status}"
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
