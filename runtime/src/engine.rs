@@ -235,6 +235,8 @@ struct ListenerSlot {
     queue: VecDeque<RawFd>,
     armed: bool,
     stopped: bool,
+    /// The `Acceptor` is gone: close whatever still arrives.
+    dropped: bool,
     error: Option<i32>,
     waker: Option<Waker>,
 }
@@ -600,6 +602,7 @@ impl Engine {
             queue: VecDeque::new(),
             armed: false,
             stopped: false,
+            dropped: false,
             error: None,
             waker: None,
         });
@@ -905,7 +908,7 @@ impl Inner {
             l.armed = false;
         }
         if res >= 0 {
-            if l.stopped {
+            if l.dropped {
                 sys::close(res);
             } else {
                 l.queue.push_back(res);
@@ -1289,17 +1292,27 @@ impl Acceptor {
         }
     }
 
-    /// Stops accepting: cancels the multishot accept; connections accepted but not yet taken are
-    /// closed. The listening socket itself stays open in the process's listener table.
+    /// Stops accepting: cancels the multishot accept. Connections the kernel already handed us
+    /// (queued, or completing while the cancel is in flight) are still returned by `accept` —
+    /// they are clients that connected, and closing them would reset them — after which it
+    /// fails with `Closed`. The listening socket itself stays open in the listener table.
     pub fn stop(&self) {
+        self.stop_with(false);
+    }
+
+    fn stop_with(&self, dropping: bool) {
         let armed = {
             let mut st = self.eng.st.borrow_mut();
             let Some(l) = st.listeners.get_mut(self.key) else {
                 return;
             };
             l.stopped = true;
-            for fd in l.queue.drain(..) {
-                sys::close(fd);
+            if dropping {
+                // Nobody will take them any more.
+                l.dropped = true;
+                for fd in l.queue.drain(..) {
+                    sys::close(fd);
+                }
             }
             if let Some(w) = l.waker.take() {
                 w.wake();
@@ -1317,7 +1330,7 @@ impl Acceptor {
 
 impl Drop for Acceptor {
     fn drop(&mut self) {
-        self.stop();
+        self.stop_with(true);
     }
 }
 

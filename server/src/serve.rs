@@ -467,6 +467,8 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     // The admin API: its own listener, never the public one. A default address that is taken
     // (another server on this machine) disables it with a warning; an explicit one is an error.
+    // A successor finds the admin port still held by its draining predecessor: it keeps trying
+    // until the predecessor exits.
     match std::net::TcpListener::bind(cfg.admin.listen) {
         Ok(l) => {
             println!("percore: admin on http://{}", l.local_addr()?);
@@ -476,7 +478,26 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .name("percore-admin".into())
                 .spawn(move || crate::control::serve_admin(l, cp, token))?;
         }
-        Err(e) if args.admin.is_none() && args.config.is_none() => {
+        Err(e) if args.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let (addr, cp, token) = (cfg.admin.listen, cp.clone(), cfg.admin.token.clone());
+            let give_up = Instant::now() + drain_timeout + Duration::from_secs(10);
+            std::thread::Builder::new()
+                .name("percore-admin".into())
+                .spawn(move || {
+                    while Instant::now() < give_up {
+                        if let Ok(l) = std::net::TcpListener::bind(addr) {
+                            eprintln!("percore: admin on http://{addr}");
+                            crate::control::serve_admin(l, cp, token);
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    eprintln!("percore: admin API unavailable: {addr} stayed in use");
+                })?;
+        }
+        // Only an address given on the command line is worth failing for; the default one may
+        // be taken by another server on this machine.
+        Err(e) if args.admin.is_none() => {
             eprintln!(
                 "percore: admin API unavailable: bind {}: {e}",
                 cfg.admin.listen

@@ -357,3 +357,49 @@ fn twenty_reloads_under_load_lose_no_request() {
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn after_clients_disconnect_every_shard_returns_to_baseline() {
+    use std::io::Write;
+    let srv = Server::start(&["--shards", "2", "--admin", "127.0.0.1:0"]);
+    // 100 connections, some mid-request (a head without its body) when they go away.
+    let mut conns: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        } else {
+            c.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
+                .unwrap();
+        }
+    }
+    wait_until("all 100 connections open", || {
+        let s = String::from_utf8(admin(&srv, "GET", "/status", None).body).unwrap();
+        count_field(&s, "connections_open") >= 100
+    });
+    drop(conns);
+    wait_until("every shard back to baseline", || {
+        let s = String::from_utf8(admin(&srv, "GET", "/status", None).body).unwrap();
+        // The admin request itself is not on a shard, so all counters can reach zero.
+        count_field(&s, "connections_open") == 0
+            && count_field(&s, "buffers_in_use") == 0
+            && count_field(&s, "recv_buffers_in_use") == 0
+    });
+}
+
+/// Sum of a numeric field over every shard in a `/status` document.
+fn count_field(s: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    s.match_indices(&pat)
+        .map(|(i, _)| {
+            s[i + pat.len()..]
+                .split([',', '}'])
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}

@@ -195,11 +195,16 @@ fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = srv.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
+        // Raw lines, decoded lossily: a stall report's backtrace must not end the reader.
+        let mut r = std::io::BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
         {
-            let _ = tx.send(line);
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
+            buf.clear();
         }
     });
     std::fs::write(
@@ -211,12 +216,15 @@ fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
     unsafe { libc::kill(old as i32, libc::SIGUSR2) };
     // The successor (sharing our stderr) reports its config error and exits.
     let want = format!("percore: {}:3:", cfg.display());
+    let mut seen = Vec::new();
     let line = loop {
-        let l = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the successor's error line");
-        if l.starts_with(&want) {
-            break l;
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.starts_with(&want) => break l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!(
+                "no error line from the successor ({e}); its stderr: {seen:#?}; alive: {}",
+                alive(old)
+            ),
         }
     };
     assert!(line.contains("bogus_field"), "{line}");
