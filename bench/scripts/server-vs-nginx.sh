@@ -77,11 +77,11 @@ latency() {
 import sys,re
 t=sys.stdin.read()
 def us(v):
-    n=float(re.match(r"[\d.]+",v).group()); u=v[len(re.match(r"[\d.]+",v).group()):]
-    return n*{"us":1,"ms":1000,"s":1e6}[u]
-mean=re.search(r"Latency\s+(\S+)",t).group(1)
-p99=re.search(r"99%\s+(\S+)",t).group(1)
-print(f"{us(mean):.1f} {us(p99):.1f}")'
+    m=re.match(r"([\d.]+)(us|ms|s)$",v or "")
+    return float(m.group(1))*{"us":1,"ms":1000,"s":1e6}[m.group(2)] if m else float("nan")
+mean=re.search(r"Latency\s+(\S+)",t)
+p99=re.search(r"\s99%\s+(\S+)",t)
+print(f"{us(mean and mean.group(1)):.1f} {us(p99 and p99.group(1)):.1f}")'
 }
 
 read -r ppid pport < <(start_percore "")
