@@ -207,14 +207,8 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 };
             }
             Err(e) => {
-                write_error(c.write_buf(), e, &app.date(), &app.server_name());
                 app.arenas.give(arena);
-                return Step {
-                    consumed: input.len(),
-                    answered,
-                    need: Need::Idle,
-                    close: true,
-                };
+                return reject(c, app, e, input.len(), answered);
             }
         };
         let (head, n) = head;
@@ -249,14 +243,8 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 };
             }
             Err(e) => {
-                write_error(c.write_buf(), e, &app.date(), &app.server_name());
                 app.arenas.give(arena);
-                return Step {
-                    consumed: input.len(),
-                    answered,
-                    need: Need::Idle,
-                    close: true,
-                };
+                return reject(c, app, e, input.len(), answered);
             }
         };
         *continue_sent = false;
@@ -323,6 +311,18 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
                 close: true,
             };
         }
+    }
+}
+
+/// Answers a malformed request with its error status and closes: everything buffered is
+/// consumed, nothing after it is answered.
+fn reject(c: &mut Conn, app: &App, e: http::Error, consumed: usize, answered: usize) -> Step {
+    write_error(c.write_buf(), e, &app.date(), &app.server_name());
+    Step {
+        consumed,
+        answered,
+        need: Need::Idle,
+        close: true,
     }
 }
 
