@@ -199,6 +199,8 @@ struct Slot {
     idle: bool,
     /// Closed by a drain while idle.
     drained: bool,
+    /// When the slot was opened (accept or connect).
+    opened: Instant,
     /// Connect target, kept alive while the connect is in flight.
     connect_addr: Option<Box<socket2::SockAddr>>,
     connect_res: Option<i32>,
@@ -223,6 +225,7 @@ impl Slot {
             timed_out: false,
             idle: false,
             drained: false,
+            opened: Instant::now(),
             connect_addr: None,
             connect_res: None,
         }
@@ -461,6 +464,16 @@ impl Engine {
     /// The shard's buffer pool (write and reassembly buffers).
     pub fn pool(&self) -> &BufferPool {
         &self.inner.pool
+    }
+
+    /// Age of the oldest open connection (a leak shows as an ever-growing age).
+    pub fn oldest_connection_age(&self) -> Option<Duration> {
+        let st = self.inner.st.borrow();
+        st.conns
+            .iter()
+            .filter(|(_, s)| !s.dropped)
+            .map(|(_, s)| s.opened.elapsed())
+            .max()
     }
 
     /// Keys of the open connections (for drain and listings).

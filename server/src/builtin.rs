@@ -144,14 +144,15 @@ impl Handler for Fixed {
 }
 
 /// Builds a shard's router from the config's routes (or the built-in list when it has none).
-pub fn router_from_config(
-    cfg: &crate::config_file::Config,
-    kv: Rc<Kv>,
-    mutex_kv: MutexKv,
-    engine: Engine,
-    shard: usize,
-    shards: usize,
-) -> RouterBuilder {
+pub fn router_from_config(cx: &crate::serve::ShardContext) -> RouterBuilder {
+    let (cfg, kv, mutex_kv, engine, shard, shards) = (
+        &cx.config,
+        cx.kv.clone(),
+        cx.mutex_kv.clone(),
+        cx.engine.clone(),
+        cx.shard,
+        cx.shards,
+    );
     use crate::config_file::{BuiltinHandler as B, MiddlewareConfig as M};
     let hello = handler_fn(|_r| Response::text(HELLO));
     let json = handler_fn(|_r| Response::json(JSON));
@@ -212,11 +213,18 @@ pub fn router_from_config(
             let layer: Rc<dyn crate::handler::Middleware> = match mw {
                 M::AccessLog {} => Rc::new(crate::middleware::AccessLog),
                 M::RequestId {} => Rc::new(crate::middleware::RequestId::new(shard)),
-                M::RateLimit { rps, burst } => Rc::new(crate::middleware::RateLimit::new(
-                    *rps,
-                    burst.unwrap_or(*rps),
-                    shards,
-                )),
+                M::RateLimit { rps, burst } => {
+                    let key = crate::kv::owner_hash(route.path.as_bytes());
+                    let l = Rc::new(crate::middleware::RateLimit::new(
+                        key,
+                        *rps,
+                        burst.unwrap_or(*rps),
+                        shard,
+                        shards,
+                    ));
+                    cx.limiters.add(l.clone());
+                    l
+                }
                 M::Auth { token } => Rc::new(crate::handler::BearerAuth::new(token)),
                 M::Headers { set } => Rc::new(crate::middleware::SetHeaders::new(
                     set.iter()

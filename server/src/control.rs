@@ -53,8 +53,12 @@ pub struct ShardReport {
     pub pool: PoolStats,
     /// Metrics snapshot.
     pub metrics: MetricsSnapshot,
-    /// Live tasks on the shard's executor queue (approximate: connection tasks + fixed ones).
+    /// Mesh calls waiting for another shard's reply.
     pub mesh_pending: usize,
+    /// Live connection tasks.
+    pub connection_tasks: u64,
+    /// Age of the oldest open connection, seconds.
+    pub oldest_connection_s: f64,
 }
 
 /// Command-line values that win over the file, re-applied on every reload.
@@ -274,6 +278,8 @@ impl ControlPlane {
             m.gauge("accept_errors", &[], r.engine.accept_errors as f64);
             m.gauge("mesh_pending_calls", &[], r.mesh_pending as f64);
             m.gauge("config_generation", &[], r.generation as f64);
+            m.gauge("connection_tasks", &[], r.connection_tasks as f64);
+            m.gauge("oldest_connection_seconds", &[], r.oldest_connection_s);
             let _ = shard;
             merged.merge(&m);
             per_shard.push(m);
@@ -302,10 +308,12 @@ impl ControlPlane {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"shard\":{},\"cpu\":{},\"generation\":{},\"connections_open\":{},\"connections_accepted\":{},\"connections_closed\":{},\"buffers_in_use\":{},\"buffers_free\":{},\"buffers_high_water\":{},\"recv_buffers_in_use\":{},\"requests\":{}}}",
+                    "{{\"shard\":{},\"cpu\":{},\"generation\":{},\"connection_tasks\":{},\"oldest_connection_s\":{:.1},\"connections_open\":{},\"connections_accepted\":{},\"connections_closed\":{},\"buffers_in_use\":{},\"buffers_free\":{},\"buffers_high_water\":{},\"recv_buffers_in_use\":{},\"requests\":{}}}",
                     r.shard,
                     r.cpu,
                     r.generation,
+                    r.connection_tasks,
+                    r.oldest_connection_s,
                     r.engine.open,
                     r.engine.accepted,
                     r.engine.closed,

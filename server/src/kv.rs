@@ -62,16 +62,23 @@ pub enum ShardMsg {
     KvValue(Option<Bytes>),
     /// Reply to `KvPut` (true: created) and `KvDelete` (true: existed).
     KvDone(bool),
+    /// A rate limiter's demand on the sending shard over the last interval (one-way).
+    Demand { key: u64, demand: u64 },
 }
 
-/// FNV-1a: a fixed hash so every shard agrees on a key's owner.
-pub fn owner(key: &[u8], shards: usize) -> usize {
+/// FNV-1a: a fixed hash every shard computes alike.
+pub fn owner_hash(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in key {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    (h % shards as u64) as usize
+    h
+}
+
+/// The shard that owns `key`.
+pub fn owner(key: &[u8], shards: usize) -> usize {
+    (owner_hash(key) % shards as u64) as usize
 }
 
 /// Key to value.

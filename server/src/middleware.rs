@@ -139,38 +139,93 @@ impl Middleware for AccessLog {
     }
 }
 
-/// A token bucket per shard: each of `shards` shards admits `rps / shards` requests per second
-/// with a burst of `burst / shards`, so the whole server admits about `rps` when load is spread
-/// over the shards (SO_REUSEPORT spreads connections by hash). Over the limit: 429 with
-/// `Retry-After`.
+/// A token bucket per shard whose share of the global rate follows demand: each shard admits
+/// `rps × share` per second, and the shares are rebalanced every [`REBALANCE_EVERY`] over the
+/// mesh from the demand every shard observed (no lock, no shared counter). A shard that sees all
+/// the traffic (one client connection) ends up with nearly the whole rate; evenly spread traffic
+/// gives each shard `1/shards`. Over the limit: 429 with `Retry-After`.
 pub struct RateLimit {
-    rate: f64,
-    burst: f64,
+    /// Identifies the same limiter (route) on every shard.
+    pub key: u64,
+    global_rate: f64,
+    global_burst: f64,
+    shard: usize,
+    rate: Cell<f64>,
+    burst: Cell<f64>,
     tokens: Cell<f64>,
     last: Cell<Instant>,
+    /// Requests seen since the last rebalance (admitted or not).
+    demand: Cell<u64>,
+    /// Smoothed demand per interval of every shard, as last heard.
+    demands: std::cell::RefCell<Vec<f64>>,
 }
 
+/// How often shards exchange demand and recompute their shares.
+pub const REBALANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl RateLimit {
-    /// This shard's share of a global `rps` and `burst`.
-    pub fn new(rps: u64, burst: u64, shards: usize) -> Self {
-        let shards = shards.max(1) as f64;
-        let rate = rps as f64 / shards;
-        let burst = (burst as f64 / shards).max(1.0);
-        RateLimit {
-            rate,
-            burst,
-            tokens: Cell::new(burst),
+    /// Shard `shard`'s limiter for a global `rps` and `burst`, starting from an even split.
+    pub fn new(key: u64, rps: u64, burst: u64, shard: usize, shards: usize) -> Self {
+        let n = shards.max(1);
+        let l = RateLimit {
+            key,
+            global_rate: rps as f64,
+            global_burst: burst.max(1) as f64,
+            shard,
+            rate: Cell::new(0.0),
+            burst: Cell::new(1.0),
+            tokens: Cell::new(0.0),
             last: Cell::new(Instant::now()),
+            demand: Cell::new(0),
+            demands: std::cell::RefCell::new(vec![1.0; n]),
+        };
+        l.apply_share();
+        l.tokens.set(l.burst.get());
+        l
+    }
+
+    /// Takes this shard's demand since the last call and records it as its own.
+    pub fn take_demand(&self) -> u64 {
+        let d = self.demand.replace(0);
+        self.observe(self.shard, d);
+        d
+    }
+
+    /// Records what shard `from` saw in its last interval and recomputes this shard's share.
+    pub fn observe(&self, from: usize, demand: u64) {
+        {
+            let mut ds = self.demands.borrow_mut();
+            if let Some(slot) = ds.get_mut(from) {
+                // Smooth over a few intervals so a burst does not swing the shares.
+                *slot = 0.5 * *slot + 0.5 * demand as f64;
+            }
         }
+        self.apply_share();
+    }
+
+    fn apply_share(&self) {
+        let ds = self.demands.borrow();
+        let total: f64 = ds.iter().sum();
+        // A small floor keeps an idle shard able to admit its first requests.
+        let floor = (total * 0.01).max(0.5);
+        let share = (ds[self.shard] + floor) / (total + floor * ds.len() as f64);
+        self.rate.set(self.global_rate * share);
+        self.burst.set((self.global_burst * share).max(1.0));
+    }
+
+    /// This shard's current rate (requests per second).
+    pub fn rate(&self) -> f64 {
+        self.rate.get()
     }
 }
 
 impl Middleware for RateLimit {
     fn before<'r>(&self, _req: &Request<'r>) -> Option<Response<'r>> {
+        self.demand.set(self.demand.get() + 1);
         let now = Instant::now();
         let elapsed = now.duration_since(self.last.get()).as_secs_f64();
         self.last.set(now);
-        let tokens = (self.tokens.get() + elapsed * self.rate).min(self.burst);
+        let tokens = (self.tokens.get() + elapsed * self.rate.get()).min(self.burst.get());
         if tokens >= 1.0 {
             self.tokens.set(tokens - 1.0);
             None
@@ -183,9 +238,59 @@ impl Middleware for RateLimit {
     }
 }
 
+/// A shard's rate limiters, found by key when demand reports arrive over the mesh.
+#[derive(Default)]
+pub struct Limiters {
+    list: std::cell::RefCell<Vec<std::rc::Rc<RateLimit>>>,
+}
+
+impl Limiters {
+    /// Forgets every limiter (a reload builds new ones).
+    pub fn clear(&self) {
+        self.list.borrow_mut().clear();
+    }
+    /// Registers a limiter.
+    pub fn add(&self, l: std::rc::Rc<RateLimit>) {
+        self.list.borrow_mut().push(l);
+    }
+    /// Applies a demand report from shard `from`.
+    pub fn observe(&self, from: usize, key: u64, demand: u64) {
+        for l in self.list.borrow().iter().filter(|l| l.key == key) {
+            l.observe(from, demand);
+        }
+    }
+    /// Takes each limiter's demand: `(key, demand)` pairs to tell the other shards.
+    pub fn take_demands(&self) -> Vec<(u64, u64)> {
+        self.list
+            .borrow()
+            .iter()
+            .map(|l| (l.key, l.take_demand()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_follow_demand_and_sum_to_the_global_rate() {
+        let a = RateLimit::new(7, 1000, 100, 0, 2);
+        let b = RateLimit::new(7, 1000, 100, 1, 2);
+        assert!((a.rate() - 500.0).abs() < 1.0, "even split at start");
+        // Shard 0 sees all the traffic for a while.
+        for _ in 0..10 {
+            a.observe(0, 300);
+            a.observe(1, 0);
+            b.observe(0, 300);
+            b.observe(1, 0);
+        }
+        assert!(a.rate() > 950.0, "busy shard gets nearly all: {}", a.rate());
+        assert!(
+            (a.rate() + b.rate() - 1000.0).abs() < 1.0,
+            "shares sum to the global rate"
+        );
+    }
 
     #[test]
     fn traceparents_are_validated() {

@@ -75,6 +75,8 @@ pub struct ShardContext {
     pub mutex_kv: MutexKv,
     /// The config being applied (its routes, for the default factory).
     pub config: Arc<Config>,
+    /// The shard's rate limiters (the factory registers the ones it creates).
+    pub limiters: Rc<crate::middleware::Limiters>,
 }
 
 /// Builds a shard's routes. Called once on every shard, so handlers may hold shard-local state.
@@ -82,16 +84,7 @@ pub type RouteFactory = Arc<dyn Fn(&ShardContext) -> RouterBuilder + Send + Sync
 
 /// The built-in routes of the embedded default config.
 pub fn builtin_routes() -> RouteFactory {
-    Arc::new(|cx: &ShardContext| {
-        builtin::router_from_config(
-            &cx.config,
-            cx.kv.clone(),
-            cx.mutex_kv.clone(),
-            cx.engine.clone(),
-            cx.shard,
-            cx.shards,
-        )
-    })
+    Arc::new(|cx: &ShardContext| builtin::router_from_config(cx))
 }
 
 /// Everything `start` needs.
@@ -204,11 +197,38 @@ pub fn start_on(
             let id = shard.id;
             let kv = Kv::new(id, shard.count);
             let kv2 = kv.clone();
-            match mesh_cfg.join(id, move |_from, m| kv2.handle(m)).await {
-                Ok(mesh) => kv.set_mesh(mesh),
+            let limiters = Rc::new(crate::middleware::Limiters::default());
+            let l2 = limiters.clone();
+            let mesh = match mesh_cfg
+                .join(id, move |from, m| match m {
+                    ShardMsg::Demand { key, demand } => {
+                        l2.observe(from, key, demand);
+                        None
+                    }
+                    other => kv2.handle(other),
+                })
+                .await
+            {
+                Ok(mesh) => mesh,
                 Err(e) => panic!("shard {id}: {e}"),
+            };
+            kv.set_mesh(mesh.clone());
+            // Rate-limit shares follow demand: tell the other shards what this one saw.
+            {
+                let limiters = limiters.clone();
+                glommio::spawn_local(async move {
+                    loop {
+                        glommio::timer::sleep(crate::middleware::REBALANCE_EVERY).await;
+                        for (key, demand) in limiters.take_demands() {
+                            for s in (0..mesh.shards()).filter(|&s| s != mesh.shard()) {
+                                let _ = mesh.send_to(s, ShardMsg::Demand { key, demand }).await;
+                            }
+                        }
+                    }
+                })
+                .detach();
             }
-            let cx = ShardContext { shard: id, shards: shard.count, engine: shard.engine.clone(), kv, mutex_kv, config: file };
+            let cx = ShardContext { shard: id, shards: shard.count, engine: shard.engine.clone(), kv, mutex_kv, config: file, limiters };
             let router = match (routes)(&cx).build() {
                 Ok(r) => Rc::new(r),
                 Err(e) => panic!("shard {id}: {e}"),
@@ -242,7 +262,9 @@ pub fn start_on(
                         kv: cx.kv.clone(),
                         mutex_kv: cx.mutex_kv.clone(),
                         config: config.clone(),
+                        limiters: cx.limiters.clone(),
                     };
+                    cx.limiters.clear();
                     match (routes)(&next).build() {
                         Ok(router) => {
                             app2.swap(Rc::new(config.server_config()), Rc::new(router));
@@ -264,6 +286,8 @@ pub fn start_on(
                         pool: app2.engine.pool().stats(),
                         metrics: app2.metrics.snapshot(),
                         mesh_pending: cx.kv.mesh_pending(),
+                        connection_tasks: app2.metrics.connections_open(),
+                        oldest_connection_s: app2.engine.oldest_connection_age().map_or(0.0, |d| d.as_secs_f64()),
                     });
                 }
                 Control::Drain { deadline, handoff } => {
