@@ -226,17 +226,11 @@ fn run_cli(args: &RunArgs) -> i32 {
             }
         }
         if results.errors.total() > 0 {
-            let kinds: Vec<String> = results
-                .errors
-                .by_kind()
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
+            let kinds = results.errors.describe();
             eprintln!(
                 "percore-bench: {} errors ({})",
                 results.errors.total(),
-                kinds.join(", ")
+                kinds
             );
         }
     } else {

@@ -39,6 +39,16 @@ impl ErrorCounts {
         self.connect + self.timeout + self.reset + self.parse + self.other
     }
 
+    /// The non-zero kinds as `connect 3, reset 1`.
+    pub fn describe(&self) -> String {
+        self.by_kind()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// (kind, count) pairs in a fixed order.
     pub fn by_kind(&self) -> [(&'static str, u64); 5] {
         [
@@ -284,14 +294,7 @@ impl RunResults {
         }
         let total_errors = self.errors.total();
         if total_errors > 0 {
-            let kinds: Vec<String> = self
-                .errors
-                .by_kind()
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            let _ = writeln!(out, "  Errors: {total_errors} ({})", kinds.join(", "));
+            let _ = writeln!(out, "  Errors: {total_errors} ({})", self.errors.describe());
         } else {
             let _ = writeln!(out, "  Errors: 0");
         }

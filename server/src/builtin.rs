@@ -5,8 +5,6 @@
 
 use std::rc::Rc;
 
-use percore_runtime::Engine;
-
 use crate::{
     handler::{Handler, HandlerFuture, Request, Response, handler_fn},
     kv::{Kv, MutexKv},
@@ -82,48 +80,6 @@ impl Handler for MutexKvRoute {
         };
         req.reply(std::future::ready(resp))
     }
-}
-
-/// Adds the built-in routes to `b`.
-pub fn routes(
-    mut b: RouterBuilder,
-    kv: Rc<Kv>,
-    mutex_kv: MutexKv,
-    engine: Engine,
-) -> RouterBuilder {
-    b.add("GET", "/", handler_fn(|_r| Response::text(HELLO)));
-    b.add("GET", "/json", handler_fn(|_r| Response::json(JSON)));
-    b.add(
-        "POST",
-        "/echo",
-        handler_fn(|r| {
-            Response::new(200)
-                .with_header("content-type", b"application/octet-stream")
-                .with_body(r.body)
-        }),
-    );
-    let kv_route: Rc<dyn Handler> = Rc::new(KvRoute { kv });
-    for m in ["GET", "PUT", "DELETE"] {
-        b.add(m, "/kv/{key}", kv_route.clone());
-    }
-    let mkv: Rc<dyn Handler> = Rc::new(MutexKvRoute { kv: mutex_kv });
-    for m in ["GET", "PUT", "DELETE"] {
-        b.add(m, "/kv-mutex/{key}", mkv.clone());
-    }
-    b.add("GET", "/healthz", handler_fn(|_r| Response::text(b"ok\n")));
-    let e = engine;
-    b.add(
-        "GET",
-        "/readyz",
-        handler_fn(move |_r| {
-            if e.is_draining() {
-                Response::status_text(503, b"draining\n")
-            } else {
-                Response::text(b"ready\n")
-            }
-        }),
-    );
-    b
 }
 
 /// A fixed response from the config (`respond = { ... }`).

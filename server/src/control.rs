@@ -417,20 +417,7 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std
             )
         }
         ("GET", "/metrics") => respond(&mut s, 200, "text/plain; version=0.0.4", &cp.metrics()),
-        ("POST", "/reload") => match cp.reload() {
-            Ok(g) => respond(
-                &mut s,
-                200,
-                "application/json",
-                &format!("{{\"generation\":{g}}}"),
-            ),
-            Err(e) => respond(
-                &mut s,
-                422,
-                "text/plain",
-                &format!("reload rejected: {e}\n"),
-            ),
-        },
+        ("POST", "/reload") => answer_generation(&mut s, cp.reload(), 422, "reload"),
         ("POST", p) if p.starts_with("/rollback") => {
             let arg = p.trim_start_matches("/rollback").trim_start_matches('/');
             let target = if arg.is_empty() {
@@ -441,20 +428,7 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std
             if !arg.is_empty() && target.is_none() {
                 return respond(&mut s, 400, "text/plain", "bad snapshot number\n");
             }
-            match cp.rollback(target) {
-                Ok(g) => respond(
-                    &mut s,
-                    200,
-                    "application/json",
-                    &format!("{{\"generation\":{g}}}"),
-                ),
-                Err(e) => respond(
-                    &mut s,
-                    404,
-                    "text/plain",
-                    &format!("rollback rejected: {e}\n"),
-                ),
-            }
+            answer_generation(&mut s, cp.rollback(target), 404, "rollback")
         }
         ("POST", "/drain") => {
             cp.drain();
@@ -464,6 +438,29 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std
             respond(&mut s, 405, "text/plain", "method not allowed\n")
         }
         _ => respond(&mut s, 404, "text/plain", "not found\n"),
+    }
+}
+
+/// Answers a reload or rollback: the new generation, or `err_status` with the reason.
+fn answer_generation(
+    s: &mut TcpStream,
+    r: Result<u64, String>,
+    err_status: u16,
+    what: &str,
+) -> std::io::Result<()> {
+    match r {
+        Ok(g) => respond(
+            s,
+            200,
+            "application/json",
+            &format!("{{\"generation\":{g}}}"),
+        ),
+        Err(e) => respond(
+            s,
+            err_status,
+            "text/plain",
+            &format!("{what} rejected: {e}\n"),
+        ),
     }
 }
 

@@ -23,6 +23,19 @@ fn admin(srv: &Server, method: &str, path: &str, token: Option<&str>) -> support
     request(srv.admin.unwrap(), &format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"))
 }
 
+/// `percore serve` on 2 shards with an admin listener and the config file `f`.
+fn start_two_shards(f: &std::path::Path) -> Server {
+    Server::start_with(&[
+        "serve",
+        "--shards",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        f.to_str().unwrap(),
+    ])
+}
+
 /// Asks many fresh connections (spread over the shards by SO_REUSEPORT) for /v.
 fn bodies(srv: &Server, n: usize) -> Vec<String> {
     (0..n)
@@ -124,15 +137,7 @@ fn sighup_reload_reaches_every_shard_a_broken_file_is_rejected_and_rollback_rest
     let dir = temp_dir("reload");
     let f = dir.join("percore.toml");
     std::fs::write(&f, config("one", "")).unwrap();
-    let srv = Server::start_with(&[
-        "serve",
-        "--shards",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-        "--config",
-        f.to_str().unwrap(),
-    ]);
+    let srv = start_two_shards(&f);
     assert!(bodies(&srv, 20).iter().all(|b| b == "one"));
     // A changed route, applied by SIGHUP (the file watcher may get there first; both are fine).
     std::fs::write(&f, config("two", "")).unwrap();
@@ -311,15 +316,7 @@ fn twenty_reloads_under_load_lose_no_request() {
     let dir = temp_dir("reload-load");
     let f = dir.join("percore.toml");
     std::fs::write(&f, config("v0", "")).unwrap();
-    let srv = Server::start_with(&[
-        "serve",
-        "--shards",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-        "--config",
-        f.to_str().unwrap(),
-    ]);
+    let srv = start_two_shards(&f);
     let json = dir.join("load.json");
     let load = Command::new(bench_bin())
         .args([
