@@ -23,9 +23,11 @@
 //! - [`probe`]: request-path accounting for allocation tests.
 //! - [`handoff`]: passing the listening sockets to a successor process (hot restart).
 //! - [`sys`]: the raw syscalls the above need, kept in one place.
+//! - [`watchdog`]: the stall watchdog (a shard holding its CPU without yielding).
 //!
-//! Only `sys`, `engine`, `handoff` (SCM_RIGHTS), `buf` (arena futures) and `probe` (a pin
-//! projection) contain `unsafe`, each block with its `// SAFETY:` reason.
+//! Only `sys`, `engine`, `handoff` (SCM_RIGHTS), `buf` (arena futures), `probe` (a pin
+//! projection) and `watchdog` (thread CPU clocks, a backtrace signal) contain `unsafe`, each block
+//! with its `// SAFETY:` reason.
 //! Nothing here knows HTTP.
 
 pub mod buf;
@@ -39,6 +41,7 @@ pub mod probe;
 pub mod shard;
 pub mod slab;
 pub mod sys;
+pub mod watchdog;
 
 pub use engine::{
     Acceptor, Conn, ConnId, DrainReport, Engine, EngineConfig, EngineStats, IdleStrategy, RecvBuf,

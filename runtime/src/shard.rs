@@ -39,6 +39,7 @@ use crate::{
     error::{Error, Result},
     listener::{ListenerTable, ShardListener},
     sys,
+    watchdog::Watchdog,
 };
 
 /// Default stall threshold: a task holding its shard longer than this is logged and counted.
@@ -131,6 +132,9 @@ impl RuntimeBuilder {
         let n = cpus.len();
         let f = Arc::new(f);
         let stalls = stall_counter();
+        let watchdog = self
+            .stall_threshold
+            .map(|t| Arc::new(Watchdog::start(n, t, stalls.clone())));
         let mut threads = Vec::with_capacity(n);
         let mut inboxes = Vec::with_capacity(n);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -150,6 +154,7 @@ impl RuntimeBuilder {
             let builder = self.clone();
             let f = f.clone();
             let stalls = stalls.clone();
+            let watchdog = watchdog.clone();
             let ready = ready_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("{SHARD_THREAD_PREFIX}{id}"))
@@ -163,14 +168,8 @@ impl RuntimeBuilder {
                     if let IdleStrategy::Spin(d) = builder.engine.idle {
                         exb = exb.spin_before_park(d);
                     }
-                    if let Some(t) = builder.stall_threshold {
-                        // glommio reports a stall when a task queue runs `threshold` past its
-                        // preemption budget.
-                        let over = t
-                            .saturating_sub(builder.preempt_timer)
-                            .max(Duration::from_millis(1));
-                        exb = exb.detect_stalls(Some(Box::new(StallHandler { threshold: over })));
-                    }
+                    // Stalls are watched by our own watchdog, not glommio's detector: that one
+                    // costs two timerfd syscalls per task-queue switch (see `watchdog`).
                     let ex = match exb.make() {
                         Ok(ex) => ex,
                         Err(e) => {
@@ -181,6 +180,9 @@ impl RuntimeBuilder {
                             return;
                         }
                     };
+                    if let Some(w) = &watchdog {
+                        w.register(id);
+                    }
                     ex.run(async move {
                         let pool = BufferPool::new(builder.buffer_size, DEFAULT_POOL_KEEP);
                         let engine = match Engine::new(builder.engine.clone(), pool) {
@@ -208,6 +210,9 @@ impl RuntimeBuilder {
                         drop(ready);
                         f(shard).await;
                     });
+                    if let Some(w) = &watchdog {
+                        w.unregister(id);
+                    }
                 })
                 .map_err(|e| Error::Shard {
                     shard: id,
@@ -229,6 +234,7 @@ impl RuntimeBuilder {
             inboxes,
             stalls,
             listeners,
+            _watchdog: watchdog,
         })
     }
 }
@@ -239,25 +245,10 @@ fn rustix_dup(fd: i32) -> std::io::Result<OwnedFd> {
     borrowed.try_clone_to_owned()
 }
 
-#[derive(Debug)]
-struct StallHandler {
-    threshold: Duration,
-}
+/// Prints glommio's warnings on stderr.
+struct WarnLogger;
 
-impl glommio::StallDetectionHandler for StallHandler {
-    fn threshold(&self, _q: glommio::TaskQueueHandle, _budget: Duration) -> Option<Duration> {
-        Some(self.threshold)
-    }
-    // `stall` keeps glommio's default (a `log::warn!` with the backtrace): glommio does not export
-    // the type its argument has. `StallLogger` prints those records and counts them.
-}
-
-/// Prints glommio's warnings (stall reports with their backtraces) on stderr and counts stalls.
-struct StallLogger {
-    count: Arc<AtomicU64>,
-}
-
-impl log::Log for StallLogger {
+impl log::Log for WarnLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         m.level() <= log::Level::Warn
     }
@@ -268,12 +259,7 @@ impl log::Log for StallLogger {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("?");
         let msg = r.args().to_string();
-        if msg.contains("stall-detector") {
-            self.count.fetch_add(1, Ordering::Relaxed);
-            eprintln!("percore: {name} stalled: {msg}");
-        } else {
-            eprintln!("percore: {name}: {}: {msg}", r.target());
-        }
+        eprintln!("percore: {name}: {}: {msg}", r.target());
     }
     fn flush(&self) {}
 }
@@ -283,17 +269,13 @@ pub fn stalls_total() -> u64 {
     stall_counter().load(Ordering::Relaxed)
 }
 
-/// Installs the stall logger once per process; the counter is shared by all runtimes.
+/// The process-wide stall counter (shared by all runtimes); installs the warning logger once.
 fn stall_counter() -> Arc<AtomicU64> {
     static COUNT: std::sync::OnceLock<Arc<AtomicU64>> = std::sync::OnceLock::new();
     COUNT
         .get_or_init(|| {
             let count = Arc::new(AtomicU64::new(0));
-            if log::set_boxed_logger(Box::new(StallLogger {
-                count: count.clone(),
-            }))
-            .is_ok()
-            {
+            if log::set_boxed_logger(Box::new(WarnLogger)).is_ok() {
                 log::set_max_level(log::LevelFilter::Warn);
             }
             count
@@ -328,6 +310,8 @@ pub struct Runtime<C> {
     inboxes: Vec<Inbox<C>>,
     stalls: Arc<AtomicU64>,
     listeners: Arc<ListenerTable>,
+    /// Lives until the runtime and every shard thread are gone.
+    _watchdog: Option<Arc<Watchdog>>,
 }
 
 impl<C> fmt::Debug for Runtime<C> {

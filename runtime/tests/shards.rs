@@ -182,6 +182,60 @@ fn a_panicking_shard_ends_the_process_with_an_error() {
     assert!(stderr.contains("percore: shard 0 panicked"), "{stderr}");
 }
 
+/// Spins without yielding until the watchdog has reported the shard (or 20 s pass).
+#[inline(never)]
+fn hog_the_shard_until_reported() {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut x = 0u64;
+    while percore_runtime::shard::stalls_total() == 0 && Instant::now() < give_up {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
+
+#[test]
+fn a_task_that_holds_its_shard_is_reported_once_with_a_backtrace() {
+    if std::env::var_os("PERCORE_TEST_STALL_CHILD").is_some() {
+        let rt = RuntimeBuilder::default()
+            .cpus(CpuSelection::Count(1))
+            .stall_threshold(Some(Duration::from_millis(20)))
+            .spawn(
+                Arc::new(ListenerTable::default()),
+                |_shard: percore_runtime::Shard<()>| async {
+                    hog_the_shard_until_reported();
+                    // Idle afterwards: sleeping in the reactor is never a stall.
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                },
+            )
+            .unwrap();
+        rt.wait().unwrap();
+        println!("stalls={}", percore_runtime::shard::stalls_total());
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_task_that_holds_its_shard_is_reported_once_with_a_backtrace",
+            "--nocapture",
+        ])
+        .env("PERCORE_TEST_STALL_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(stdout.contains("stalls=1"), "one stall counted: {stdout}");
+    assert_eq!(
+        stderr.matches("stalled: a task has held the shard").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("percore-shard-0 stalled"), "{stderr}");
+    assert!(
+        stderr.contains("hog_the_shard_until_reported"),
+        "the backtrace names the hogging function: {stderr}"
+    );
+}
+
 /// Replies "started\n" at once to any bytes, then "done\n" after the given work time; idle while
 /// waiting for a request.
 async fn worker(mut c: Conn, _e: Engine, work: Duration) {

@@ -24,10 +24,7 @@
 //! and what the client still sends is read and discarded for a short while (a lingering close), so
 //! that the client receives the response instead of a reset.
 
-use std::{
-    rc::Rc,
-    time::{Duration, Instant},
-};
+use std::{rc::Rc, time::Duration};
 
 use percore_runtime::{Conn, Error as RtError, buf::arena_future};
 
@@ -74,7 +71,7 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
 async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut need = Need::Idle;
-    let mut head_deadline = Instant::now();
+    let mut head_deadline = c.now();
     let mut continue_sent = false;
     // A fresh connection is not idle until it has been served once: a drain must not close a
     // connection whose first request is still on the wire.
@@ -82,9 +79,9 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
     loop {
         let cfg = app.config();
         let deadline = match need {
-            Need::Idle => Instant::now() + cfg.keepalive_timeout,
+            Need::Idle => c.now() + cfg.keepalive_timeout,
             Need::Head => head_deadline,
-            Need::Body => Instant::now() + cfg.body_timeout,
+            Need::Body => c.now() + cfg.body_timeout,
         };
         c.set_idle(need == Need::Idle && served);
         c.set_deadline(Some(deadline));
@@ -109,7 +106,7 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
             Err(_) => break,
         };
         if need == Need::Idle {
-            head_deadline = Instant::now() + cfg.header_timeout;
+            head_deadline = c.now() + cfg.header_timeout;
         }
         c.set_idle(false);
         let step = if pending.is_empty() {
@@ -164,7 +161,7 @@ async fn linger_close(c: &mut Conn) {
     if c.shutdown_write().await.is_err() {
         return;
     }
-    c.set_deadline(Some(Instant::now() + LINGER));
+    c.set_deadline(Some(c.now() + LINGER));
     while let Ok(Some(_)) = c.recv().await {}
 }
 
@@ -252,7 +249,9 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], continue_sent: &mut bool
         let http10 = head.version == 0;
         let is_head = head.method == "HEAD";
         let router = app.router();
-        let started = Instant::now();
+        // From the engine turn that received the request (the shard's clock, no syscall) to the
+        // response being encoded: includes the wait behind requests handled earlier that turn.
+        let started = c.now();
         let method = Method::from_token(head.method);
         let mut route_id = RouteId::UNMATCHED;
         let resp = {

@@ -1,0 +1,370 @@
+//! The stall watchdog: reports a shard that runs on its CPU for longer than a threshold without
+//! reaching a scheduling point.
+//!
+//! glommio's own stall detector arms and disarms a timerfd around every task-queue activation:
+//! two syscalls each time the engine's driver yields to the connection tasks, which measured as
+//! 7 % of a shard's CPU time at 130k requests/s (`perf`, `timerfd_settime`). This one costs the
+//! shard nothing but a relaxed counter store per driver turn ([`beat`]):
+//!
+//! - one watchdog thread per runtime wakes every `threshold / 4` and reads, for each shard, the
+//!   beat counter and the shard thread's CPU clock (`pthread_getcpuclockid`);
+//! - a shard whose counter has not moved while its thread consumed `threshold` of CPU time is
+//!   stalled: a task is holding it (a shard that sleeps in its reactor consumes no CPU, so an idle
+//!   shard is never reported);
+//! - the report is one line on stderr with the shard and how long it has run, followed by the
+//!   stalled thread's backtrace, captured by a `SIGUSR1` handler on that thread and symbolised on
+//!   the watchdog thread; the stall counter ([`crate::shard::stalls_total`]) counts it once per
+//!   stall, not once per tick.
+//!
+//! Tasks beat through [`beat`]; the engine's driver does on every turn, so under network load a
+//! shard beats every few microseconds.
+
+use std::{
+    cell::OnceCell,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Once,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+/// Frames kept from a stalled thread's stack.
+const MAX_FRAMES: usize = 48;
+
+/// The signal that asks a stalled shard thread for its backtrace (glommio used the same one).
+const TRACE_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// What the watchdog knows about one shard.
+pub(crate) struct Slot {
+    shard: usize,
+    beat: AtomicU64,
+    /// Kernel thread id of the shard thread (for `tgkill`).
+    tid: AtomicU64,
+    /// Its CPU-time clock id (`pthread_getcpuclockid`).
+    clock: AtomicU64,
+    registered: AtomicBool,
+    /// Return addresses captured by the signal handler; `frames_len` is written last.
+    frames: [AtomicUsize; MAX_FRAMES],
+    frames_len: AtomicUsize,
+    trace_wanted: AtomicBool,
+}
+
+impl Slot {
+    fn new(shard: usize) -> Slot {
+        Slot {
+            shard,
+            beat: AtomicU64::new(0),
+            tid: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
+            registered: AtomicBool::new(false),
+            frames: std::array::from_fn(|_| AtomicUsize::new(0)),
+            frames_len: AtomicUsize::new(0),
+            trace_wanted: AtomicBool::new(false),
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: OnceCell<Arc<Slot>> = const { OnceCell::new() };
+}
+
+/// Records progress of the calling shard: the watchdog reports a shard only while its beat stands
+/// still. A relaxed load and store on the shard's own counter; a no-op off a watched shard.
+#[inline]
+pub fn beat() {
+    CURRENT.with(|c| {
+        if let Some(s) = c.get() {
+            s.beat.store(
+                s.beat.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
+        }
+    });
+}
+
+/// The watchdog of one runtime; stops its thread when dropped.
+pub(crate) struct Watchdog {
+    slots: Arc<[Arc<Slot>]>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog thread for `shards` shards.
+    pub(crate) fn start(shards: usize, threshold: Duration, stalls: Arc<AtomicU64>) -> Watchdog {
+        install_trace_handler();
+        let slots: Arc<[Arc<Slot>]> = (0..shards).map(|i| Arc::new(Slot::new(i))).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let slots = slots.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("percore-watchdog".into())
+                .spawn(move || watch(&slots, threshold, &stop, &stalls))
+                .ok()
+        };
+        Watchdog {
+            slots,
+            stop,
+            thread,
+        }
+    }
+
+    /// Makes the calling thread shard `shard` of this watchdog. Call on the shard's thread.
+    pub(crate) fn register(&self, shard: usize) {
+        let slot = self.slots[shard].clone();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `me` is the calling thread, alive; `clock` is a valid out-pointer.
+        if unsafe { libc::pthread_getcpuclockid(me, &mut clock) } != 0 {
+            return; // no CPU clock: this shard goes unwatched rather than falsely reported
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        slot.tid.store(tid as u64, Ordering::Relaxed);
+        slot.clock.store(clock as u32 as u64, Ordering::Relaxed);
+        slot.registered.store(true, Ordering::Release);
+        CURRENT.with(|c| {
+            let _ = c.set(slot);
+        });
+    }
+
+    /// Stops watching shard `shard` (its thread is about to exit).
+    pub(crate) fn unregister(&self, shard: usize) {
+        self.slots[shard].registered.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Per-shard view kept by the watchdog thread.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    beat: u64,
+    cpu: Duration,
+    /// CPU time consumed since the beat last moved.
+    still: Duration,
+    reported: bool,
+}
+
+fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &AtomicU64) {
+    let tick = (threshold / 4).max(Duration::from_millis(1));
+    let mut seen = vec![Seen::default(); slots.len()];
+    let mut last = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(tick);
+        let now = std::time::Instant::now();
+        let wall = now - last;
+        last = now;
+        for (slot, seen) in slots.iter().zip(seen.iter_mut()) {
+            if !slot.registered.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(cpu) = thread_cpu(slot.clock.load(Ordering::Relaxed) as libc::clockid_t)
+            else {
+                continue; // the thread exited
+            };
+            let beat = slot.beat.load(Ordering::Relaxed);
+            let ran = cpu.saturating_sub(seen.cpu);
+            seen.cpu = cpu;
+            if beat != seen.beat {
+                seen.beat = beat;
+                seen.still = Duration::ZERO;
+                seen.reported = false;
+                continue;
+            }
+            // A stall holds the CPU: a thread that slept for most of this tick (an idle shard
+            // woken by a timer, glommio's bounded spin before parking) starts over. A quarter,
+            // not a half, so that a stall on a CPU shared with other processes still counts.
+            if ran * 4 < wall {
+                seen.still = Duration::ZERO;
+                seen.reported = false;
+                continue;
+            }
+            seen.still += ran;
+            if seen.still >= threshold && !seen.reported {
+                seen.reported = true;
+                report(slot, seen.still);
+                // Counted once the report is out (tests wait on the counter).
+                stalls.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// CPU time of the thread whose CPU clock is `clock`; `None` once that thread is gone.
+fn thread_cpu(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; an invalid clock id only makes the call fail.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// Prints one stall: the headline, then the stalled thread's stack as far as it can be captured.
+fn report(slot: &Slot, ran: Duration) {
+    let mut out = format!(
+        "percore: {}{} stalled: a task has held the shard for {} ms of CPU without yielding\n",
+        crate::shard::SHARD_THREAD_PREFIX,
+        slot.shard,
+        ran.as_millis()
+    );
+    slot.frames_len.store(0, Ordering::Relaxed);
+    slot.trace_wanted.store(true, Ordering::Release);
+    let tid = slot.tid.load(Ordering::Relaxed) as libc::pid_t;
+    // SAFETY: tgkill takes plain integers; a thread of this process that exited meanwhile makes
+    // it fail (ESRCH), and any other thread of ours that receives the signal ignores it (the
+    // handler acts only on a thread whose slot asked for a trace).
+    let sent = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, TRACE_SIGNAL) } == 0;
+    let mut frames = 0;
+    if sent {
+        // The handler runs as soon as the thread is scheduled; give it a moment.
+        for _ in 0..50 {
+            frames = slot.frames_len.load(Ordering::Acquire);
+            if frames > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    slot.trace_wanted.store(false, Ordering::Relaxed);
+    if frames == 0 {
+        out.push_str("  (no backtrace: the thread did not answer)\n");
+    }
+    // One line per function, inlined ones included (as Rust's own backtraces print them).
+    let mut lines: Vec<(String, String)> = Vec::new();
+    for f in &slot.frames[..frames] {
+        let ip = f.load(Ordering::Relaxed);
+        let before = lines.len();
+        backtrace::resolve(ip as *mut libc::c_void, |sym| {
+            let name = sym
+                .name()
+                .map(|n| format!("{n:#}"))
+                .unwrap_or_else(|| format!("{ip:#x}"));
+            let at = match (sym.filename(), sym.lineno()) {
+                (Some(file), Some(n)) => format!("\n        at {}:{n}", file.display()),
+                _ => String::new(),
+            };
+            lines.push((name, at));
+        });
+        if lines.len() == before {
+            lines.push((format!("{ip:#x}"), String::new()));
+        }
+    }
+    // The stalled code starts after the signal handler and the kernel's signal trampoline.
+    let skip = lines
+        .iter()
+        .position(|(name, _)| name.starts_with("signal_hook_registry::handler"))
+        .map_or(0, |i| i + 2);
+    for (i, (name, at)) in lines.iter().enumerate().skip(skip) {
+        out.push_str(&format!("  {:2}: {name}{at}\n", i - skip));
+    }
+    eprint!("{out}");
+}
+
+/// Installs the process-wide handler that captures a stalled shard's stack.
+fn install_trace_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler only reads a thread-local that the shard initialised before it
+        // could be signalled, walks the stack without allocating (`trace_unsynchronized`, the
+        // same capture glommio's detector made from its handler) and stores integers into
+        // atomics. It is a no-op on a thread that has no slot or was not asked.
+        let r = unsafe { signal_hook::low_level::register(TRACE_SIGNAL, capture_trace) };
+        if let Err(e) = r {
+            eprintln!("percore: stall watchdog: no backtraces ({e})");
+        }
+    });
+}
+
+fn capture_trace() {
+    let _ = CURRENT.try_with(|c| {
+        let Some(slot) = c.get() else { return };
+        if !slot.trace_wanted.load(Ordering::Acquire) {
+            return;
+        }
+        let mut n = 0;
+        // SAFETY: we are on the stalled thread itself, inside a signal handler; no other code on
+        // this thread is walking its stack concurrently (it was running a task when signalled).
+        unsafe {
+            backtrace::trace_unsynchronized(|frame| {
+                slot.frames[n].store(frame.ip() as usize, Ordering::Relaxed);
+                n += 1;
+                n < MAX_FRAMES
+            });
+        }
+        slot.frames_len.store(n, Ordering::Release);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_burning_cpu_without_beating_is_reported_once_and_a_sleeping_one_never() {
+        let stalls = Arc::new(AtomicU64::new(0));
+        let wd = Arc::new(Watchdog::start(
+            2,
+            Duration::from_millis(20),
+            stalls.clone(),
+        ));
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Shard 0 sleeps (an idle shard parked in its reactor): never a stall.
+        let sleeper = {
+            let wd = wd.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                wd.register(0);
+                tx.send(()).unwrap();
+                std::thread::park_timeout(Duration::from_millis(300));
+            })
+        };
+        // Shard 1 burns CPU without beating until the watchdog has counted it.
+        let burner = {
+            let wd = wd.clone();
+            let stalls = stalls.clone();
+            std::thread::spawn(move || {
+                wd.register(1);
+                tx.send(()).unwrap();
+                let mut x = 0u64;
+                let give_up = std::time::Instant::now() + Duration::from_secs(20);
+                while stalls.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < give_up {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                // Keep burning a little longer: a second report for the same stall would show.
+                let cpu0 = thread_cpu(current_clock()).unwrap();
+                while thread_cpu(current_clock()).unwrap() - cpu0 < Duration::from_millis(100) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                beat();
+            })
+        };
+        rx.recv().unwrap();
+        rx.recv().unwrap();
+        burner.join().unwrap();
+        sleeper.join().unwrap();
+        assert_eq!(stalls.load(Ordering::Relaxed), 1);
+    }
+
+    fn current_clock() -> libc::clockid_t {
+        let mut clock = 0;
+        // SAFETY: the calling thread is alive; `clock` is a valid out-pointer.
+        unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        clock
+    }
+}
