@@ -64,9 +64,16 @@ pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 pub const DEFAULT_RECV_BUFFERS: u16 = 512;
 /// Default size of one provided receive buffer.
 pub const DEFAULT_RECV_BUFFER_SIZE: u32 = 16 * 1024;
-/// Default busy-poll window of an idle driver: long enough to bridge the gaps between requests
-/// of a loaded server, short enough not to matter when it is idle.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(20);
+/// Default busy-poll window of an idle driver: none. Spinning bridges the gaps between requests
+/// without a sleep, but below saturation the spin is CPU burnt per request (at half of nginx's
+/// capacity, 20 µs of polling cost 1.4× nginx's CPU per request; napping in the ring, 1.0×).
+/// `IdleStrategy::Spin` turns it on.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
+/// Default longest single wait of a recently busy driver in its own ring (see [`EngineConfig::nap`]).
+pub const DEFAULT_NAP: Duration = Duration::from_micros(250);
+/// Default time a driver keeps napping in its own ring after its last completion before it parks
+/// through glommio (see [`EngineConfig::nap_for`]).
+pub const DEFAULT_NAP_FOR: Duration = Duration::from_millis(2);
 /// Most completions handled per driver turn before the connection tasks get to run.
 const MAX_CQES_PER_TURN: usize = 1024;
 /// Buffer group id of the shard's provided buffer ring.
@@ -88,16 +95,19 @@ fn ud(op: u64, key: Key) -> u64 {
 
 /// What an idle shard does.
 ///
-/// The driver itself never busy-waits: when a turn finds nothing it enables the eventfd and waits
-/// through glommio. With `Spin`, glommio's executor polls its rings (which include that eventfd
-/// read, its timers and channels) for up to the given time before it sleeps, so a completion, a
-/// timer or a mesh message is picked up without a sleep/wake cycle.
+/// By default the driver never busy-waits: when a turn finds nothing, a recently busy driver naps
+/// in its own ring ([`EngineConfig::nap`]) and an idle one enables the eventfd and waits through
+/// glommio. With `Spin`, the driver watches its ring's TASKRUN flag and glommio's executor polls
+/// its rings (which include that eventfd read, its timers and channels) for up to the given time
+/// before sleeping, so a completion, a timer or a mesh message is picked up without a sleep/wake
+/// cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdleStrategy {
     /// Sleep at once (the default).
     Park,
     /// Poll for up to this long before sleeping: lowest latency at low load, at the cost of a
-    /// busy CPU (each sleep/wake cycle costs ~20 µs in a VM).
+    /// busy CPU (each sleep/wake cycle costs ~20 µs in a VM). Also the engine's busy-poll
+    /// window ([`EngineConfig::busy_poll`]).
     Spin(Duration),
 }
 
@@ -116,6 +126,16 @@ pub struct EngineConfig {
     pub timer_tick: Duration,
     /// How long an idle driver watches for new completions (no syscall) before parking.
     pub busy_poll: Duration,
+    /// Longest single wait in the engine's own ring (`io_uring_enter` with a timeout) when a
+    /// recently busy driver finds nothing to do. Waiting there is one syscall that returns with
+    /// the completions; parking through glommio costs its reactor's submit, timer re-arm and
+    /// wake-up path, which at half load was a third of the shard's CPU time. While the driver
+    /// naps, glommio's own events (timers, mesh messages) wait for at most this long on top of
+    /// the preemption timer. Zero turns napping off.
+    pub nap: Duration,
+    /// How long after its last completion a driver keeps napping before it parks through
+    /// glommio (an idle shard sleeps there, woken at once by timers and mesh messages).
+    pub nap_for: Duration,
 }
 
 impl Default for EngineConfig {
@@ -127,6 +147,8 @@ impl Default for EngineConfig {
             idle: IdleStrategy::Park,
             timer_tick: Duration::from_millis(50),
             busy_poll: DEFAULT_BUSY_POLL,
+            nap: DEFAULT_NAP,
+            nap_for: DEFAULT_NAP_FOR,
         }
     }
 }
@@ -156,8 +178,10 @@ pub struct EngineStats {
     pub recv_buffers_total: u64,
     /// Driver turns that found work.
     pub busy_turns: u64,
-    /// Times the driver parked.
+    /// Times the driver parked (through glommio).
     pub parks: u64,
+    /// Times the driver waited in its own ring.
+    pub naps: u64,
 }
 
 /// Receive side state of a connection.
@@ -402,7 +426,11 @@ pub struct Engine {
 impl Engine {
     /// Builds the ring and the provided buffer ring on the calling thread (the shard's: a
     /// SINGLE_ISSUER ring used from another thread fails).
-    pub fn new(config: EngineConfig, pool: BufferPool) -> Result<Engine> {
+    pub fn new(mut config: EngineConfig, pool: BufferPool) -> Result<Engine> {
+        if let IdleStrategy::Spin(d) = config.idle {
+            // Spinning for latency: watch the ring's TASKRUN flag for that long first.
+            config.busy_poll = config.busy_poll.max(d);
+        }
         let unsupported = |what: &str, e: io::Error| {
             Error::Unsupported(format!(
                 "io_uring {what}: {e} (percore needs Linux >= 6.1 with io_uring enabled)"
@@ -706,37 +734,71 @@ impl Engine {
         let efile = unsafe { glommio::io::BufferedFile::from_raw_fd(dup.into_raw_fd()) };
         let ticker = glommio::spawn_local(deadline_ticker(Rc::downgrade(&inner))).detach();
         let mut polled_in_vain = false;
+        // When the driver last reaped a completion, while it may nap.
+        let mut last_work: Option<Instant> = None;
+        // The driver's previous step let the shard's other runnable tasks run.
+        let mut others_ran = false;
         loop {
             crate::watchdog::beat();
             if inner.stopping.get() {
                 break;
             }
-            let (reaped, submitted) = inner.turn_counts();
+            // Recently busy and nothing else of ours is runnable: this turn may wait in our own
+            // ring (one syscall that submits the queued sends, sleeps until a completion or the
+            // nap's end, and runs the deferred completion work) instead of parking via glommio.
+            let nap = inner.config.nap;
+            let may_nap = others_ran
+                && !nap.is_zero()
+                && last_work
+                    .is_some_and(|t| inner.now.get().duration_since(t) < inner.config.nap_for);
+            let (reaped, submitted) = inner.turn_wait(may_nap.then_some(nap));
+            if may_nap {
+                inner.st.borrow_mut().stats.naps += 1;
+            }
             if reaped > 0 {
                 // Completions woke connection tasks: let them run.
                 polled_in_vain = false;
+                last_work = Some(inner.now.get());
                 inner.st.borrow_mut().stats.busy_turns += 1;
                 glommio::executor().yield_task_queue_now().await;
+                others_ran = true;
                 continue;
             }
-            if submitted > 0 {
-                // Only submissions: nobody new to run, so the queue is kept (every queue switch
-                // costs glommio's stall detector a timer syscall) unless glommio's reactor is due.
+            if may_nap {
+                // The nap ended empty: glommio's reactor (timers, mesh) gets its turn when its
+                // preemption timer says so, then the driver naps again until `nap_for` is over.
                 glommio::yield_if_needed().await;
                 continue;
             }
-            // Nothing right now. Under load the next completion is usually microseconds away:
-            // watch the ring's TASKRUN flag (set by the kernel when completion work is queued,
-            // read without a syscall) for a short while before paying for a sleep and a wake-up.
-            // Deferred work that produced no completion (a spurious socket wake-up) also raises
-            // the flag, so one fruitless round of polling sends the driver to park next time:
-            // it must never spin without giving glommio's timers and channels a turn.
+            others_ran = false;
+            if submitted > 0 {
+                // Only submissions: nobody new to run, so the queue is kept unless glommio's
+                // reactor is due.
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            // Nothing right now. Optionally watch the ring's TASKRUN flag (set by the kernel when
+            // completion work is queued, read without a syscall) for a short while before
+            // paying for a sleep and a wake-up. Deferred work that produced no completion (a
+            // spurious socket wake-up) also raises the flag, so one fruitless round of polling
+            // sends the driver on next time: it must never spin without giving glommio's timers
+            // and channels a turn.
             if !polled_in_vain && inner.poll_briefly() {
                 polled_in_vain = true;
                 glommio::yield_if_needed().await;
                 continue;
             }
             polled_in_vain = false;
+            if !nap.is_zero()
+                && last_work
+                    .is_some_and(|t| inner.now.get().duration_since(t) < inner.config.nap_for)
+            {
+                // Recently busy: let every other runnable task of the shard run, then nap.
+                glommio::executor().yield_task_queue_now().await;
+                others_ran = true;
+                continue;
+            }
+            last_work = None;
             // Park: enable the eventfd, look once more (a completion may have raced the enable),
             // then sleep in glommio's ring until the eventfd fires.
             inner.ring.borrow().completion_shared_enable_eventfd();
@@ -864,6 +926,12 @@ impl Inner {
 
     /// One driver turn; returns (completions handled, SQEs submitted).
     fn turn_counts(&self) -> (usize, usize) {
+        self.turn_wait(None)
+    }
+
+    /// One driver turn; with `wait`, the first `io_uring_enter` sleeps until a completion
+    /// arrives or `wait` passes (ETIME). Returns (completions handled, SQEs submitted).
+    fn turn_wait(&self, mut wait: Option<Duration>) -> (usize, usize) {
         let mut cqes = [(0u64, 0i32, 0u32); 128];
         let mut total = 0;
         let mut submitted = 0;
@@ -871,19 +939,39 @@ impl Inner {
             let mut n = 0;
             {
                 let mut ring = self.ring.borrow_mut();
-                self.now.set(Instant::now());
                 let to_submit = ring.submission().len() as u32;
                 submitted += to_submit as usize;
-                // SAFETY: no extended argument is passed; flags are a valid enter flag set.
-                match unsafe {
-                    ring.submitter()
-                        .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
-                } {
+                let r = match wait.take() {
+                    Some(d) => {
+                        let ts = io_uring::types::Timespec::from(d);
+                        let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                        let r = ring.submitter().submit_with_args(1, &args);
+                        self.now.set(Instant::now());
+                        r
+                    }
+                    None => {
+                        self.now.set(Instant::now());
+                        // SAFETY: no extended argument is passed; flags are a valid enter flag
+                        // set.
+                        unsafe {
+                            ring.submitter().enter::<libc::sigset_t>(
+                                to_submit,
+                                0,
+                                ENTER_GETEVENTS,
+                                None,
+                            )
+                        }
+                    }
+                };
+                match r {
                     Ok(_) => {}
                     Err(e)
                         if matches!(
                             e.raw_os_error(),
-                            Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                            Some(libc::EINTR)
+                                | Some(libc::EAGAIN)
+                                | Some(libc::EBUSY)
+                                | Some(libc::ETIME)
                         ) => {}
                     Err(e) => eprintln!("percore: engine: io_uring_enter: {e}"),
                 }
