@@ -35,13 +35,17 @@
 //!   queue, or one [`RecvBuf`] handle.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::{Cell, RefCell, UnsafeCell},
     collections::VecDeque,
     future::poll_fn,
     io,
     net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
-    rc::Rc,
+    rc::{Rc, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Poll, Waker},
     time::{Duration, Instant},
 };
@@ -87,10 +91,70 @@ const OP_CANCEL: u64 = 3;
 const OP_CONNECT: u64 = 4;
 const OP_ACCEPT: u64 = 5;
 const OP_NOP: u64 = 6;
+const OP_BELL: u64 = 7;
 const NO_BID: u16 = u16::MAX;
 
 fn ud(op: u64, key: Key) -> u64 {
     op << 56 | key.pack()
+}
+
+/// A shard's mesh doorbell: peers ring it after putting a message in the shard's queues.
+///
+/// glommio delivers mesh messages when its reactor runs: when the shard has nothing else to run,
+/// or when the preemption timer fires (every millisecond) while the engine keeps it busy, and not
+/// at all while the engine's driver naps in its own ring. The doorbell closes that gap: a ring
+/// sets `pending` (the driver sees it on its next turn and gives glommio's reactor a pass at
+/// once) and, if the driver is napping, writes the eventfd whose read sits in the engine's ring.
+pub struct Doorbell {
+    pending: AtomicBool,
+    napping: AtomicBool,
+    /// None when no eventfd could be made: then a ring is only seen at the driver's next turn.
+    efd: Option<OwnedFd>,
+}
+
+impl Default for Doorbell {
+    fn default() -> Self {
+        Doorbell::new()
+    }
+}
+
+impl Doorbell {
+    /// A doorbell with its own eventfd.
+    pub fn new() -> Doorbell {
+        Doorbell {
+            pending: AtomicBool::new(false),
+            napping: AtomicBool::new(false),
+            efd: sys::eventfd().ok(),
+        }
+    }
+
+    /// Rings: cheap (two atomics) unless the owner naps (one eventfd write). Any thread.
+    pub fn ring(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        if self.napping.load(Ordering::SeqCst) {
+            if let Some(fd) = &self.efd {
+                sys::eventfd_signal(fd.as_raw_fd());
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The engine of the shard running on this thread.
+    static CURRENT: RefCell<Weak<Inner>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Attaches `bell` to the engine of the calling shard (no-op off a shard): from then on a ring
+/// wakes its driver. Called when the shard joins a mesh.
+pub fn attach_doorbell(bell: Arc<Doorbell>) {
+    let Some(inner) = CURRENT.with(|c| c.borrow().upgrade()) else {
+        return;
+    };
+    let first = inner.bell.borrow().is_none();
+    *inner.bell.borrow_mut() = Some(bell);
+    if first {
+        inner.arm_bell();
+    }
 }
 
 /// What an idle shard does.
@@ -413,6 +477,10 @@ pub(crate) struct Inner {
     stopping: Cell<bool>,
     /// The shard's clock: read once per driver turn (see [`Engine::now`]).
     now: Cell<Instant>,
+    /// This shard's mesh doorbell, once the shard joined a mesh.
+    bell: RefCell<Option<Arc<Doorbell>>>,
+    /// Where the kernel puts the doorbell's counter (outlives the ring: declared after it).
+    bell_buf: Box<UnsafeCell<u64>>,
     config: EngineConfig,
     pool: BufferPool,
 }
@@ -457,7 +525,7 @@ impl Engine {
             .register_eventfd(efd.as_raw_fd())
             .map_err(|e| unsupported("register eventfd", e))?;
         ring.completion_shared_disable_eventfd();
-        Ok(Engine {
+        let engine = Engine {
             inner: Rc::new(Inner {
                 ring: RefCell::new(ring),
                 bufs,
@@ -478,10 +546,14 @@ impl Engine {
                 parked: Cell::new(false),
                 stopping: Cell::new(false),
                 now: Cell::new(Instant::now()),
+                bell: RefCell::new(None),
+                bell_buf: Box::new(UnsafeCell::new(0)),
                 config,
                 pool,
             }),
-        })
+        };
+        CURRENT.with(|c| *c.borrow_mut() = Rc::downgrade(&engine.inner));
+        Ok(engine)
     }
 
     /// The shard's clock: the time of the engine's latest turn, at most one turn old (under
@@ -738,21 +810,45 @@ impl Engine {
         let mut last_work: Option<Instant> = None;
         // The driver's previous step let the shard's other runnable tasks run.
         let mut others_ran = false;
+        // When a peer shard last rang this shard's mesh doorbell.
+        let mut last_bell: Option<Instant> = None;
         loop {
             crate::watchdog::beat();
             if inner.stopping.get() {
                 break;
             }
+            if inner.bell_rang() {
+                last_bell = Some(inner.now.get());
+                // A peer shard sent mesh messages: let glommio's reactor deliver them now (a
+                // zero timer makes this task wait for one reactor pass) rather than when its
+                // preemption timer fires.
+                glommio::timer::sleep(Duration::ZERO).await;
+                others_ran = true;
+                continue;
+            }
             // Recently busy and nothing else of ours is runnable: this turn may wait in our own
             // ring (one syscall that submits the queued sends, sleeps until a completion or the
             // nap's end, and runs the deferred completion work) instead of parking via glommio.
-            let nap = inner.config.nap;
+            // A shard trading mesh messages does not nap: its peers' messages reach it through
+            // glommio's reactor, which a napping driver keeps waiting (measured: `/kv` on 2
+            // shards 61k requests/s without naps, 52k with).
+            let nap = match last_bell {
+                Some(t) if inner.now.get().duration_since(t) < inner.config.nap_for => {
+                    Duration::ZERO
+                }
+                _ => inner.config.nap,
+            };
             let may_nap = others_ran
                 && !nap.is_zero()
                 && last_work
                     .is_some_and(|t| inner.now.get().duration_since(t) < inner.config.nap_for);
+            if may_nap && !inner.set_napping(true) {
+                inner.set_napping(false);
+                continue; // rung meanwhile: see to the mesh first
+            }
             let (reaped, submitted) = inner.turn_wait(may_nap.then_some(nap));
             if may_nap {
+                inner.set_napping(false);
                 inner.st.borrow_mut().stats.naps += 1;
             }
             if reaped > 0 {
@@ -875,8 +971,8 @@ impl Inner {
         let mut ring = self.ring.borrow_mut();
         loop {
             // SAFETY: every SQE built in this module points only at memory owned by a slot (send
-            // buffers, connect addresses) or by `bufs`, which outlive the operation (module
-            // invariants).
+            // buffers, connect addresses), by `bufs` or by `bell_buf`, which outlive the
+            // operation (module invariants; `Inner` drops the ring first).
             let full = unsafe { ring.submission().push(&sqe) }.is_err();
             if !full {
                 break;
@@ -1015,7 +1111,40 @@ impl Inner {
                 self.op_done(key);
             }
             OP_ACCEPT => self.on_accept(key, res, flags),
+            // Rung (the counter was read): arm again unless the ring is going away.
+            OP_BELL if res >= 0 && !self.stopping.get() => self.arm_bell(),
             _ => {}
+        }
+    }
+
+    /// Queues a read of the doorbell's eventfd, so that a peer's ring wakes a napping driver.
+    fn arm_bell(&self) {
+        let fd = match self.bell.borrow().as_ref().and_then(|b| b.efd.as_ref()) {
+            Some(fd) => fd.as_raw_fd(),
+            None => return,
+        };
+        let sqe = opcode::Read::new(types::Fd(fd), self.bell_buf.get().cast(), 8)
+            .build()
+            .user_data(ud(OP_BELL, Key::unpack(0)));
+        self.push(sqe);
+    }
+
+    /// True (once) when a peer shard has rung since the last look.
+    fn bell_rang(&self) -> bool {
+        match &*self.bell.borrow() {
+            Some(b) => b.pending.load(Ordering::Relaxed) && b.pending.swap(false, Ordering::AcqRel),
+            None => false,
+        }
+    }
+
+    /// Marks the driver napping (or not); false if a ring came in first, so the nap is skipped.
+    fn set_napping(&self, napping: bool) -> bool {
+        match &*self.bell.borrow() {
+            Some(b) => {
+                b.napping.store(napping, Ordering::SeqCst);
+                !(napping && b.pending.load(Ordering::SeqCst))
+            }
+            None => true,
         }
     }
 

@@ -21,6 +21,7 @@ use std::{
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
 use crate::{
+    engine::Doorbell,
     error::{Error, Result},
     slab::{GenSlab, Key},
 };
@@ -60,6 +61,8 @@ enum Pending<M> {
 /// its own. The mutex is touched once per shard at start-up, never on the message path.
 pub struct MeshConfig<M: Send + 'static> {
     slots: Arc<Mutex<Vec<Option<PeerBuilder<M>>>>>,
+    /// One per shard: rung after a message is queued for that shard.
+    bells: Arc<[Arc<Doorbell>]>,
 }
 
 /// One shard's copy of glommio's mesh builder.
@@ -69,6 +72,7 @@ impl<M: Send + 'static> Clone for MeshConfig<M> {
     fn clone(&self) -> Self {
         MeshConfig {
             slots: self.slots.clone(),
+            bells: self.bells.clone(),
         }
     }
 }
@@ -81,8 +85,10 @@ impl<M: Send + 'static> MeshConfig<M> {
         // The original stays alive for the life of the process, so that the clones' reference
         // count can never reach zero while another thread still holds one.
         std::mem::forget(b);
+        let bells = (0..shards).map(|_| Arc::new(Doorbell::new())).collect();
         MeshConfig {
             slots: Arc::new(Mutex::new(slots)),
+            bells,
         }
     }
 
@@ -112,9 +118,11 @@ impl<M: Send + 'static> MeshConfig<M> {
             )));
         }
         let n = senders.nr_consumers();
+        crate::engine::attach_doorbell(self.bells[shard].clone());
         let inner = Rc::new(MeshInner {
             me,
             n,
+            bells: self.bells.clone(),
             senders,
             pending: RefCell::new(GenSlab::new()),
             handler: Box::new(handler),
@@ -136,6 +144,7 @@ impl<M: Send + 'static> MeshConfig<M> {
 struct MeshInner<M: Send + 'static> {
     me: usize,
     n: usize,
+    bells: Arc<[Arc<Doorbell>]>,
     senders: Senders<Envelope<M>>,
     pending: RefCell<GenSlab<Pending<M>>>,
     handler: Box<dyn MeshHandler<M>>,
@@ -150,7 +159,14 @@ impl<M: Send + 'static> MeshInner<M> {
             Envelope::Call(id, m) => {
                 let reply = self.handler.handle(from, m);
                 // The caller's shard may be shutting down; a lost reply is then harmless.
-                let _ = self.senders.send_to(from, Envelope::Reply(id, reply)).await;
+                if self
+                    .senders
+                    .send_to(from, Envelope::Reply(id, reply))
+                    .await
+                    .is_ok()
+                {
+                    self.bells[from].ring();
+                }
             }
             Envelope::Reply(id, m) => {
                 let mut p = self.pending.borrow_mut();
@@ -199,7 +215,9 @@ impl<M: Send + 'static> Mesh<M> {
             .senders
             .send_to(shard, Envelope::Cast(msg))
             .await
-            .map_err(|e| Error::Mesh(format!("send to shard {shard}: {e}")))
+            .map_err(|e| Error::Mesh(format!("send to shard {shard}: {e}")))?;
+        self.inner.bells[shard].ring();
+        Ok(())
     }
 
     /// Sends a copy of `msg` to every shard, this one included.
@@ -237,6 +255,7 @@ impl<M: Send + 'static> Mesh<M> {
             .send_to(shard, Envelope::Call(key.pack(), req))
             .await
             .map_err(|e| Error::Mesh(format!("call shard {shard}: {e}")))?;
+        self.inner.bells[shard].ring();
         let reply = poll_fn(|cx| {
             let mut p = self.inner.pending.borrow_mut();
             let slot = p
