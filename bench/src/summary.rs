@@ -117,6 +117,8 @@ pub struct LatencyStats {
     pub p99: f64,
     /// 99.9th percentile.
     pub p999: f64,
+    /// 99.99th percentile.
+    pub p9999: f64,
     /// Maximum.
     pub max: f64,
     /// Mean.
@@ -132,6 +134,7 @@ impl LatencyStats {
             p90: at(90.0),
             p99: at(99.0),
             p999: at(99.9),
+            p9999: at(99.99),
             max: if h.is_empty() {
                 0.0
             } else {
@@ -414,6 +417,7 @@ mod tests {
         assert_eq!(v["latency_ms"]["p90"], 9.007);
         assert_eq!(v["latency_ms"]["p99"], 9.903);
         assert_eq!(v["latency_ms"]["p999"], 9.991);
+        assert_eq!(v["latency_ms"]["p9999"], 10.007);
         assert_eq!(v["latency_ms"]["max"], 10.007);
         assert!(v["latency_ms"]["mean"].as_f64().unwrap() > 4.9);
         assert_eq!(v["service_time_ms"]["p50"], 2.501);
