@@ -68,11 +68,11 @@ pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 pub const DEFAULT_RECV_BUFFERS: u16 = 512;
 /// Default size of one provided receive buffer.
 pub const DEFAULT_RECV_BUFFER_SIZE: u32 = 16 * 1024;
-/// Default busy-poll window of an idle driver: none. Spinning bridges the gaps between requests
-/// without a sleep, but below saturation the spin is CPU burnt per request (at half of nginx's
-/// capacity, 20 µs of polling cost 1.4× nginx's CPU per request; napping in the ring, 1.0×).
-/// `IdleStrategy::Spin` turns it on.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
+/// Default busy-poll window of an idle driver, before it naps: bridges the short gaps between
+/// requests of a loaded server without a sleep and a wake-up. Measured against nginx in the same
+/// runs (server CPU per request): closed loop, 64 connections, 0.88× with it and 0.97× without;
+/// at a fixed half load the two are within noise (~1.05×). `IdleStrategy::Spin` lengthens it.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(20);
 /// Default longest single wait of a recently busy driver in its own ring (see [`EngineConfig::nap`]).
 pub const DEFAULT_NAP: Duration = Duration::from_micros(250);
 /// Default time a driver keeps napping in its own ring after its last completion before it parks
