@@ -6,7 +6,7 @@
 //! 7 % of a shard's CPU time at 130k requests/s (`perf`, `timerfd_settime`). This one costs the
 //! shard nothing but a relaxed counter store per driver turn ([`beat`]):
 //!
-//! - one watchdog thread per runtime wakes every `threshold / 4` and reads, for each shard, the
+//! - one watchdog thread per runtime wakes every `threshold / 2` and reads, for each shard, the
 //!   beat counter and the shard thread's CPU clock (`pthread_getcpuclockid`);
 //! - a shard whose counter has not moved while its thread consumed `threshold` of CPU time is
 //!   stalled: a task is holding it (a shard that sleeps in its reactor consumes no CPU, so an idle
@@ -158,7 +158,9 @@ struct Seen {
 }
 
 fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &AtomicU64) {
-    let tick = (threshold / 4).max(Duration::from_millis(1));
+    // Half the threshold: a stall is reported 1 to 1.5 thresholds in, and the thread wakes 200
+    // times a second at the default 10 ms (it shares the CPU of a pinned shard).
+    let tick = (threshold / 2).max(Duration::from_millis(1));
     let mut seen = vec![Seen::default(); slots.len()];
     let mut last = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
