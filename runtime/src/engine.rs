@@ -832,16 +832,14 @@ impl Engine {
             // A shard trading mesh messages does not nap: its peers' messages reach it through
             // glommio's reactor, which a napping driver keeps waiting (measured: `/kv` on 2
             // shards 61k requests/s without naps, 52k with).
-            let nap = match last_bell {
-                Some(t) if inner.now.get().duration_since(t) < inner.config.nap_for => {
-                    Duration::ZERO
-                }
-                _ => inner.config.nap,
+            let lately = |t: Option<Instant>| {
+                t.is_some_and(|t| {
+                    inner.now.get().saturating_duration_since(t) < inner.config.nap_for
+                })
             };
-            let may_nap = others_ran
-                && !nap.is_zero()
-                && last_work
-                    .is_some_and(|t| inner.now.get().duration_since(t) < inner.config.nap_for);
+            let nap = inner.config.nap;
+            let nap_allowed = !nap.is_zero() && lately(last_work) && !lately(last_bell);
+            let may_nap = others_ran && nap_allowed;
             if may_nap && !inner.set_napping(true) {
                 inner.set_napping(false);
                 continue; // rung meanwhile: see to the mesh first
@@ -885,10 +883,7 @@ impl Engine {
                 continue;
             }
             polled_in_vain = false;
-            if !nap.is_zero()
-                && last_work
-                    .is_some_and(|t| inner.now.get().duration_since(t) < inner.config.nap_for)
-            {
+            if nap_allowed {
                 // Recently busy: let every other runnable task of the shard run, then nap.
                 glommio::executor().yield_task_queue_now().await;
                 others_ran = true;

@@ -1530,6 +1530,25 @@ mod tests {
         e.0
     }
 
+    /// Sends a handshake announcing `sockets` listeners at `addr`, then one fds frame that says
+    /// `sockets` and carries `fd`.
+    fn send_handoff(c: &mut Channel, addr: SocketAddr, sockets: u32, fd: &OwnedFd) {
+        c.send_frame(
+            KIND_HANDSHAKE,
+            &handshake(addr, sockets),
+            &[],
+            Instant::now() + T,
+        )
+        .unwrap();
+        c.send_frame(
+            KIND_FDS,
+            &sockets.to_be_bytes(),
+            &[fd.as_fd()],
+            Instant::now() + T,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn garbage_from_the_server_is_refused_without_panic() {
         type Reply = Box<dyn FnOnce(&mut Channel) + Send>;
@@ -1561,38 +1580,14 @@ mod tests {
                 Box::new(|c: &mut Channel| {
                     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                     let addr = udp.local_addr().unwrap();
-                    let fd = OwnedFd::from(udp);
-                    c.send_frame(KIND_HANDSHAKE, &handshake(addr, 1), &[], Instant::now() + T)
-                        .unwrap();
-                    c.send_frame(
-                        KIND_FDS,
-                        &1u32.to_be_bytes(),
-                        &[fd.as_fd()],
-                        Instant::now() + T,
-                    )
-                    .unwrap();
+                    send_handoff(c, addr, 1, &OwnedFd::from(udp));
                 }),
             ),
             (
                 "wrong address",
                 Box::new(|c: &mut Channel| {
                     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                    let fd = OwnedFd::from(l);
-                    let other = "127.0.0.1:1".parse().unwrap();
-                    c.send_frame(
-                        KIND_HANDSHAKE,
-                        &handshake(other, 1),
-                        &[],
-                        Instant::now() + T,
-                    )
-                    .unwrap();
-                    c.send_frame(
-                        KIND_FDS,
-                        &1u32.to_be_bytes(),
-                        &[fd.as_fd()],
-                        Instant::now() + T,
-                    )
-                    .unwrap();
+                    send_handoff(c, "127.0.0.1:1".parse().unwrap(), 1, &OwnedFd::from(l));
                 }),
             ),
             (
@@ -1600,16 +1595,7 @@ mod tests {
                 Box::new(|c: &mut Channel| {
                     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                     let addr = l.local_addr().unwrap();
-                    let fd = OwnedFd::from(l);
-                    c.send_frame(KIND_HANDSHAKE, &handshake(addr, 2), &[], Instant::now() + T)
-                        .unwrap();
-                    c.send_frame(
-                        KIND_FDS,
-                        &2u32.to_be_bytes(),
-                        &[fd.as_fd()],
-                        Instant::now() + T,
-                    )
-                    .unwrap();
+                    send_handoff(c, addr, 2, &OwnedFd::from(l));
                 }),
             ),
         ];

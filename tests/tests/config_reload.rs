@@ -101,16 +101,7 @@ fn check_reports_the_line_of_an_error() {
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/percore.example.toml"
     );
-    let out = Command::new(percore_bin())
-        .args(["serve", "--check", "--config", example])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_valid(example.as_ref());
     // `config print` shows the effective config, which parses back.
     let out = Command::new(percore_bin())
         .args(["config", "print"])
@@ -119,15 +110,21 @@ fn check_reports_the_line_of_an_error() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("handler = \"kv\""), "{printed}");
     std::fs::write(&f, printed.as_bytes()).unwrap();
+    assert_config_valid(&f);
+}
+
+/// `percore serve --check --config FILE` accepts the file (exit status 0).
+fn assert_config_valid(file: &std::path::Path) {
     let out = Command::new(percore_bin())
         .args(["serve", "--check", "--config"])
-        .arg(&f)
+        .arg(file)
         .output()
         .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
-        "{}",
+        "{}: {}",
+        file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
 }
