@@ -147,6 +147,79 @@ fn mesh_call_and_broadcast_reach_every_shard() {
     assert_eq!(pending, 0);
 }
 
+/// Messages to another shard are batched per turn and each outbox holds at most the queue's
+/// depth (8 here): one-way messages and calls arrive in the order they were sent, and 500
+/// concurrent calls each get their own reply, with nothing left pending.
+#[test]
+fn mesh_batches_keep_order_and_pair_every_reply_beyond_the_queue_depth() {
+    let n = allowed_cpus().len().min(2);
+    let mesh_cfg = MeshConfig::<u64>::new(n, 8);
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let _rt = RuntimeBuilder::default()
+        .cpus(CpuSelection::Count(n))
+        .spawn(
+            Arc::new(ListenerTable::default()),
+            move |shard: percore_runtime::Shard<()>| {
+                let cfg = mesh_cfg.clone();
+                let tx = if shard.id == 0 {
+                    tx.lock().unwrap().take()
+                } else {
+                    None
+                };
+                async move {
+                    // Odd numbers are one-way "set"s; an even number is a call answered with the
+                    // last value set and the call's own number.
+                    let last = Rc::new(Cell::new(0u64));
+                    let l2 = last.clone();
+                    let mesh = cfg
+                        .join(shard.id, move |_from, m: u64| {
+                            if m % 2 == 1 {
+                                l2.set(m);
+                                None
+                            } else {
+                                Some(l2.get() * 1_000_000 + m)
+                            }
+                        })
+                        .await
+                        .unwrap();
+                    let Some(tx) = tx else {
+                        return futures_lite::future::pending::<()>().await;
+                    };
+                    let peer = mesh.shards() - 1;
+                    // 100 sets (more than an outbox holds), then a call: it sees the last set.
+                    for i in 0..100u64 {
+                        mesh.send_to(peer, 2 * i + 1).await.unwrap();
+                    }
+                    let ordered = mesh.call(peer, 0).await.unwrap();
+                    let tasks: Vec<_> = (0..500u64)
+                        .map(|i| {
+                            let mesh = mesh.clone();
+                            glommio::spawn_local(
+                                async move { mesh.call(peer, 2 * i).await.unwrap() },
+                            )
+                        })
+                        .collect();
+                    let mut replies = Vec::new();
+                    for t in tasks {
+                        replies.push(t.await % 1_000_000);
+                    }
+                    tx.send((ordered, replies, mesh.pending_calls())).unwrap();
+                    futures_lite::future::pending::<()>().await
+                }
+            },
+        )
+        .unwrap();
+    let (ordered, replies, pending) = rx.recv().unwrap();
+    assert_eq!(
+        ordered,
+        199 * 1_000_000,
+        "the call overtook a set sent before it"
+    );
+    assert_eq!(replies, (0..500u64).map(|i| 2 * i).collect::<Vec<_>>());
+    assert_eq!(pending, 0);
+}
+
 #[test]
 fn a_panicking_shard_ends_the_process_with_an_error() {
     if std::env::var_os("PERCORE_TEST_PANIC_CHILD").is_some() {
