@@ -155,7 +155,14 @@ struct Seen {
     /// CPU time consumed since the beat last moved.
     still: Duration,
     reported: bool,
+    /// When the watchdog first saw the shard registered.
+    since: Option<std::time::Instant>,
 }
+
+/// A shard is not reported during its first second: its first reactor passes submit glommio's
+/// start-up work (one `io_uring_enter` was seen taking 10 ms of CPU), which is set-up, not a
+/// stall.
+const START_GRACE: Duration = Duration::from_secs(1);
 
 fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &AtomicU64) {
     // Half the threshold: a stall is reported 1 to 1.5 thresholds in, and the thread wakes 200
@@ -179,6 +186,10 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
             let beat = slot.beat.load(Ordering::Relaxed);
             let ran = cpu.saturating_sub(seen.cpu);
             seen.cpu = cpu;
+            if now.duration_since(*seen.since.get_or_insert(now)) < START_GRACE {
+                seen.beat = beat;
+                continue;
+            }
             if beat != seen.beat {
                 seen.beat = beat;
                 seen.still = Duration::ZERO;
