@@ -308,7 +308,7 @@ impl ControlPlane {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"shard\":{},\"cpu\":{},\"generation\":{},\"connection_tasks\":{},\"oldest_connection_s\":{:.1},\"connections_open\":{},\"connections_accepted\":{},\"connections_closed\":{},\"buffers_in_use\":{},\"buffers_free\":{},\"buffers_high_water\":{},\"recv_buffers_in_use\":{},\"requests\":{}}}",
+                    "{{\"shard\":{},\"cpu\":{},\"generation\":{},\"connection_tasks\":{},\"oldest_connection_s\":{:.1},\"connections_open\":{},\"connections_accepted\":{},\"connections_closed\":{},\"buffers_in_use\":{},\"buffers_free\":{},\"buffers_high_water\":{},\"recv_buffers_in_use\":{},\"engine_busy_turns\":{},\"engine_naps\":{},\"engine_parks\":{},\"requests\":{}}}",
                     r.shard,
                     r.cpu,
                     r.generation,
@@ -321,6 +321,9 @@ impl ControlPlane {
                     r.pool.free,
                     r.pool.high_water,
                     r.engine.recv_buffers_in_use,
+                    r.engine.busy_turns,
+                    r.engine.naps,
+                    r.engine.parks,
                     r.metrics.total_requests()
                 )
             })
