@@ -78,6 +78,35 @@ fn echo_content_length_chunked_and_continue() {
     assert_eq!(read_responses(&mut s, 1)[0].body, big);
 }
 
+/// A chunked body that arrives in many small writes, split inside size lines, extensions, data
+/// and CRLFs, is decoded across receives (from where the last one stopped) and echoes exactly;
+/// the request after it on the same connection is answered too.
+#[test]
+fn chunked_body_in_small_pieces_echoes_exactly() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    s.set_nodelay(true).unwrap();
+    let mut wire = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut want = Vec::new();
+    for i in 0..300u32 {
+        let data: Vec<u8> = (0..(i % 37 + 1))
+            .map(|j| b'a' + ((i + j) % 26) as u8)
+            .collect();
+        wire.extend_from_slice(format!("{:x};n={i}\r\n", data.len()).as_bytes());
+        wire.extend_from_slice(&data);
+        wire.extend_from_slice(b"\r\n");
+        want.extend_from_slice(&data);
+    }
+    wire.extend_from_slice(b"0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    for piece in wire.chunks(7) {
+        s.write_all(piece).unwrap();
+    }
+    let rs = read_responses(&mut s, 2);
+    assert_eq!(rs[0].status, 200);
+    assert_eq!(rs[0].body, want);
+    assert_eq!(rs[1].body, b"Hello, World!");
+}
+
 #[test]
 fn kv_store_across_two_shards() {
     let srv = Server::start(&["--shards", "2"]);
