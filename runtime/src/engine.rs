@@ -1754,44 +1754,17 @@ impl Conn {
     }
 
     fn poll_recv(&mut self, waker: Option<&Waker>) -> Poll<Result<Option<RecvBuf>>> {
-        let mut st = self.eng.st.borrow_mut();
-        let s = st
-            .conns
-            .get_mut(self.key)
-            .expect("slot lives while its Conn does");
-        if s.rx_head != NO_BID {
-            let bid = s.rx_head;
-            let next = self.eng.bufs.next[bid as usize].get();
-            s.rx_head = next;
-            if next == NO_BID {
-                s.rx_tail = NO_BID;
-            }
-            let len = self.eng.bufs.len[bid as usize].get();
-            return Poll::Ready(Ok(Some(RecvBuf {
-                eng: self.eng.clone(),
-                bid,
-                start: 0,
-                end: len,
-            })));
-        }
-        if s.timed_out {
-            return Poll::Ready(Err(Error::TimedOut));
-        }
-        if s.drained {
-            return Poll::Ready(Err(Error::Closed));
-        }
-        match s.rx {
-            RxState::Eof => Poll::Ready(Ok(None)),
-            RxState::Failed(e) => Poll::Ready(Err(Error::from_cqe("recv", -e))),
-            _ => {
-                if let Some(w) = waker {
-                    match &s.reader {
-                        Some(old) if old.will_wake(w) => {}
-                        _ => s.reader = Some(w.clone()),
-                    }
-                }
-                Poll::Pending
-            }
+        poll_recv_slot(&self.eng, self.key, waker)
+    }
+
+    /// A handle that receives on this connection while someone else holds the `Conn` (an HTTP
+    /// handler streaming a request body while the connection task keeps the `Conn` for the
+    /// response). Only one of them may receive at a time; once the connection is gone the handle
+    /// gets [`Error::Closed`].
+    pub fn reader(&self) -> ConnReader {
+        ConnReader {
+            eng: self.eng.clone(),
+            key: self.key,
         }
     }
 
@@ -1878,19 +1851,7 @@ impl Conn {
 
     /// Sets (or clears) the deadline after which `recv` and `flushed` fail with `TimedOut`.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        let mut st = self.eng.st.borrow_mut();
-        let s = st
-            .conns
-            .get_mut(self.key)
-            .expect("slot lives while its Conn does");
-        let had = s.deadline.is_some();
-        s.deadline = deadline;
-        s.timed_out = false;
-        match (had, deadline.is_some()) {
-            (false, true) => st.with_deadline += 1,
-            (true, false) => st.with_deadline -= 1,
-            _ => {}
-        }
+        set_deadline_slot(&self.eng, self.key, deadline);
     }
 
     /// Marks the connection idle (waiting for a new request, nothing in progress) or busy. A drain
@@ -1918,6 +1879,89 @@ impl Conn {
         self.flushed().await?;
         sys::shutdown(self.fd(), libc::SHUT_WR);
         Ok(())
+    }
+}
+
+fn poll_recv_slot(
+    eng: &Rc<Inner>,
+    key: Key,
+    waker: Option<&Waker>,
+) -> Poll<Result<Option<RecvBuf>>> {
+    let mut st = eng.st.borrow_mut();
+    let Some(s) = st.conns.get_mut(key) else {
+        return Poll::Ready(Err(Error::Closed));
+    };
+    if s.rx_head != NO_BID {
+        let bid = s.rx_head;
+        let next = eng.bufs.next[bid as usize].get();
+        s.rx_head = next;
+        if next == NO_BID {
+            s.rx_tail = NO_BID;
+        }
+        let len = eng.bufs.len[bid as usize].get();
+        return Poll::Ready(Ok(Some(RecvBuf {
+            eng: eng.clone(),
+            bid,
+            start: 0,
+            end: len,
+        })));
+    }
+    if s.timed_out {
+        return Poll::Ready(Err(Error::TimedOut));
+    }
+    if s.drained {
+        return Poll::Ready(Err(Error::Closed));
+    }
+    match s.rx {
+        RxState::Eof => Poll::Ready(Ok(None)),
+        RxState::Failed(e) => Poll::Ready(Err(Error::from_cqe("recv", -e))),
+        _ => {
+            if let Some(w) = waker {
+                match &s.reader {
+                    Some(old) if old.will_wake(w) => {}
+                    _ => s.reader = Some(w.clone()),
+                }
+            }
+            Poll::Pending
+        }
+    }
+}
+
+fn set_deadline_slot(eng: &Inner, key: Key, deadline: Option<Instant>) {
+    let mut st = eng.st.borrow_mut();
+    let Some(s) = st.conns.get_mut(key) else {
+        return;
+    };
+    let had = s.deadline.is_some();
+    s.deadline = deadline;
+    s.timed_out = false;
+    match (had, deadline.is_some()) {
+        (false, true) => st.with_deadline += 1,
+        (true, false) => st.with_deadline -= 1,
+        _ => {}
+    }
+}
+
+/// Receives on a connection whose `Conn` is held elsewhere (see [`Conn::reader`]).
+pub struct ConnReader {
+    eng: Rc<Inner>,
+    key: Key,
+}
+
+impl ConnReader {
+    /// The next buffer of received bytes, as [`Conn::recv`].
+    pub async fn recv(&mut self) -> Result<Option<RecvBuf>> {
+        poll_fn(|cx| poll_recv_slot(&self.eng, self.key, Some(cx.waker()))).await
+    }
+
+    /// Sets the connection's deadline, as [`Conn::set_deadline`].
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        set_deadline_slot(&self.eng, self.key, deadline);
+    }
+
+    /// The shard's clock, as [`Conn::now`].
+    pub fn now(&self) -> Instant {
+        self.eng.clock()
     }
 }
 

@@ -44,7 +44,8 @@ pub mod sys;
 pub mod watchdog;
 
 pub use engine::{
-    Acceptor, Conn, ConnId, DrainReport, Engine, EngineConfig, EngineStats, IdleStrategy, RecvBuf,
+    Acceptor, Conn, ConnId, ConnReader, DrainReport, Engine, EngineConfig, EngineStats,
+    IdleStrategy, RecvBuf,
 };
 pub use error::{Error, Result};
 pub use listener::ListenerTable;
