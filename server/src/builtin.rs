@@ -16,6 +16,31 @@ pub const HELLO: &[u8] = b"Hello, World!";
 /// The reply of `GET /json`.
 pub const JSON: &[u8] = br#"{"message":"Hello, World!"}"#;
 
+/// `POST /echo`: reads the body as it arrives (a streaming handler) and sends it back.
+struct Echo;
+
+impl Handler for Echo {
+    fn call<'r>(&'r self, req: &'r Request<'r>) -> HandlerFuture<'r> {
+        req.reply(async move {
+            let body = match req.body_reader {
+                Some(r) => match r.read_to_end(req.arena).await {
+                    Ok(b) => b,
+                    // The server answers a body error itself (its status, then close).
+                    Err(e) => return Response::new(e.status()),
+                },
+                None => req.body,
+            };
+            Response::new(200)
+                .with_header("content-type", b"application/octet-stream")
+                .with_body(body)
+        })
+    }
+
+    fn streams_body(&self) -> bool {
+        true
+    }
+}
+
 struct KvRoute {
     kv: Rc<Kv>,
 }
@@ -112,11 +137,7 @@ pub fn router_from_config(cx: &crate::serve::ShardContext) -> RouterBuilder {
     use crate::config_file::{BuiltinHandler as B, MiddlewareConfig as M};
     let hello = handler_fn(|_r| Response::text(HELLO));
     let json = handler_fn(|_r| Response::json(JSON));
-    let echo = handler_fn(|r| {
-        Response::new(200)
-            .with_header("content-type", b"application/octet-stream")
-            .with_body(r.body)
-    });
+    let echo: Rc<dyn Handler> = Rc::new(Echo);
     let kv_route: Rc<dyn Handler> = Rc::new(KvRoute { kv });
     let mkv: Rc<dyn Handler> = Rc::new(MutexKvRoute { kv: mutex_kv });
     let health = handler_fn(|_r| Response::text(b"ok\n"));

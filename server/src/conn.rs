@@ -30,6 +30,7 @@ use percore_runtime::{Conn, Error as RtError, buf::arena_future};
 
 use crate::{
     app::App,
+    body::{BodyReader, End},
     handler::{Body, Request, Response},
     http::{
         self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, EMPTY_HEADER, Framing,
@@ -70,6 +71,9 @@ struct Step {
     answered: usize,
     need: Need,
     close: bool,
+    /// A streamed body ended inside a later receive buffer (all of the input was consumed):
+    /// what followed the body there, to be parsed next.
+    carry: Option<Vec<u8>>,
 }
 
 /// Serves one connection until it closes.
@@ -135,6 +139,21 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
             pending.drain(..step.consumed.min(pending.len()));
             step
         };
+        // A streamed body that ended in a later buffer: what followed it is parsed now.
+        let mut step = step;
+        while let Some(carry) = step.carry.take() {
+            if pending.capacity() != 0 {
+                app.engine.pool().give(std::mem::take(&mut pending));
+            }
+            pending = carry;
+            if step.close {
+                break;
+            }
+            let answered = step.answered;
+            step = process_boxed(c, app, &pending, &mut continue_sent, &mut chunk).await;
+            step.answered += answered;
+            pending.drain(..step.consumed.min(pending.len()));
+        }
         if step.need != Need::Body {
             continue_sent = false;
             if let Some(p) = chunk.take() {
@@ -221,6 +240,7 @@ async fn process(
                 answered,
                 need: Need::Idle,
                 close: false,
+                carry: None,
             };
         }
         let arena = app.arenas.take();
@@ -234,6 +254,7 @@ async fn process(
                     answered,
                     need: Need::Head,
                     close: false,
+                    carry: None,
                 };
             }
             Err(e) => {
@@ -244,6 +265,108 @@ async fn process(
         let (head, n) = head;
         let body_start = off + n;
         let rest = &input[body_start..];
+        let router = app.router();
+        let found = router.find(head.method, head.path);
+        let streams = matches!(&found, Found::Handler(h, ..) if h.streams_body());
+        if streams && head.body != BodyKind::None {
+            // The handler reads the body as it arrives: call it now.
+            if head.expect_continue && !*continue_sent {
+                c.write_buf().extend_from_slice(CONTINUE_100);
+                let _ = c.flush();
+            }
+            *continue_sent = false;
+            let length = match head.body {
+                BodyKind::Length(n) => Some(n),
+                _ => None,
+            };
+            let keep_alive = head.keep_alive;
+            let http10 = head.version == 0;
+            let is_head = head.method == "HEAD";
+            let started = c.now();
+            let method = Method::from_token(head.method);
+            let reader = BodyReader::new(c.reader(), rest, length, limits, cfg.body_timeout);
+            let Found::Handler(handler, middleware, params, route) = found else {
+                unreachable!("checked above")
+            };
+            let route_id = app.route_id(route);
+            let (status, close, end) = {
+                let req = Request {
+                    head,
+                    params,
+                    body: &[],
+                    body_reader: Some(&reader),
+                    arena: &arena,
+                    shard: app.shard,
+                };
+                let mut early = None;
+                for mw in middleware.iter() {
+                    if let Some(r) = mw.before(&req) {
+                        early = Some(r);
+                        break;
+                    }
+                }
+                let mut resp = match early {
+                    Some(r) => r,
+                    None => handler.call(&req).await,
+                };
+                for mw in middleware.iter().rev() {
+                    mw.after(&req, &mut resp);
+                }
+                // The rest of the body is read (and dropped) before the response goes out.
+                let end = reader.finish().await;
+                app.metrics.add_bytes_in(reader.bytes_in());
+                match end {
+                    Ok(end) => {
+                        // Decided now: a drain may have begun while the body arrived.
+                        let close = !keep_alive || c.is_draining();
+                        let enc = encode(c, app, &resp, is_head, close, http10);
+                        (enc.status, enc.close, Some(end))
+                    }
+                    Err(http::Error::IncompleteBody) => (400, true, None),
+                    Err(e) => {
+                        write_error(c.write_buf(), e, &app.date(), &app.server_name());
+                        (e.status(), true, None)
+                    }
+                }
+            };
+            app.metrics.record(
+                route_id,
+                method,
+                status,
+                started.elapsed().as_micros() as u64,
+            );
+            app.arenas.give(arena);
+            answered += 1;
+            match end {
+                Some(End::InFirst(used)) if !close => {
+                    off = body_start + used;
+                    continue;
+                }
+                Some(End::InBuf(buf)) if !close => {
+                    let carry = buf.filter(|b| !b.is_empty()).map(|b| {
+                        let mut v = app.engine.pool().take();
+                        v.extend_from_slice(&b);
+                        v
+                    });
+                    return Step {
+                        consumed: input.len(),
+                        answered,
+                        need: Need::Idle,
+                        close: false,
+                        carry,
+                    };
+                }
+                _ => {
+                    return Step {
+                        consumed: input.len(),
+                        answered,
+                        need: Need::Idle,
+                        close: true,
+                        carry: None,
+                    };
+                }
+            }
+        }
         let body: Result<Option<(&[u8], usize)>, http::Error> = match head.body {
             BodyKind::None => Ok(Some((&[][..], 0))),
             BodyKind::Length(len) => {
@@ -277,6 +400,7 @@ async fn process(
                     answered,
                     need: Need::Body,
                     close: false,
+                    carry: None,
                 };
             }
             Err(e) => {
@@ -288,14 +412,12 @@ async fn process(
         let close = !head.keep_alive || c.is_draining();
         let http10 = head.version == 0;
         let is_head = head.method == "HEAD";
-        let router = app.router();
         // From the engine turn that received the request (the shard's clock, no syscall) to the
         // response being encoded: includes the wait behind requests handled earlier that turn.
         let started = c.now();
         let method = Method::from_token(head.method);
         let mut route_id = RouteId::UNMATCHED;
         let resp = {
-            let found = router.find(head.method, head.path);
             match found {
                 Found::Handler(handler, middleware, params, route) => {
                     route_id = app.route_id(route);
@@ -303,6 +425,7 @@ async fn process(
                         head,
                         params,
                         body,
+                        body_reader: None,
                         arena: &arena,
                         shard: app.shard,
                     };
@@ -351,6 +474,7 @@ async fn process(
                 answered,
                 need: Need::Idle,
                 close: true,
+                carry: None,
             };
         }
     }
@@ -365,6 +489,7 @@ fn reject(c: &mut Conn, app: &App, e: http::Error, consumed: usize, answered: us
         answered,
         need: Need::Idle,
         close: true,
+        carry: None,
     }
 }
 

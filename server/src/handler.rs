@@ -17,7 +17,10 @@ use std::{future::Future, rc::Rc};
 use bumpalo::Bump;
 use percore_runtime::buf::{ArenaFuture, arena_future};
 
-use crate::http::{Header, RequestHead};
+use crate::{
+    body::BodyReader,
+    http::{Header, RequestHead},
+};
 
 /// Path parameters matched by the router (`/kv/{key}` gives `key`).
 pub type Params<'r> = matchit::Params<'r, 'r>;
@@ -28,8 +31,11 @@ pub struct Request<'r> {
     pub head: RequestHead<'r, 'r>,
     /// Path parameters.
     pub params: Params<'r>,
-    /// The whole body (read up to the configured limit before the handler runs).
+    /// The whole body (read up to the configured limit before the handler runs); empty for a
+    /// handler that streams its body (see [`Handler::streams_body`]).
     pub body: &'r [u8],
+    /// The body as it arrives, for a handler that streams it.
+    pub body_reader: Option<&'r BodyReader<'r>>,
     /// Scratch memory for this request; reset after the response is written.
     pub arena: &'r Bump,
     /// The shard serving the request.
@@ -162,6 +168,14 @@ pub type HandlerFuture<'r> = ArenaFuture<'r, Response<'r>>;
 pub trait Handler: 'static {
     /// Answers `req`. Use [`Request::reply`] to box an `async` block.
     fn call<'r>(&'r self, req: &'r Request<'r>) -> HandlerFuture<'r>;
+
+    /// True for a handler that reads the request body itself, as it arrives, through
+    /// [`Request::body_reader`]: it runs as soon as the head is parsed, and the server does not
+    /// buffer the body for it. Whatever it leaves unread is discarded before the response is
+    /// sent. The default (false) hands the handler the whole body in [`Request::body`].
+    fn streams_body(&self) -> bool {
+        false
+    }
 }
 
 /// A synchronous handler made from a function.

@@ -6,6 +6,7 @@
 //! - [`serve`]: bootstrap (bind or inherit listeners, start shards) and the per-shard service.
 
 pub mod app;
+pub mod body;
 pub mod builtin;
 pub mod cli;
 pub mod config;

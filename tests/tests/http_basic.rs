@@ -107,6 +107,54 @@ fn chunked_body_in_small_pieces_echoes_exactly() {
     assert_eq!(rs[1].body, b"Hello, World!");
 }
 
+/// `POST /echo` reads its body as it arrives (a streaming handler): after `100 Continue` the
+/// client sends the body and the next request in one write, so the body ends inside a buffer
+/// the handler received itself; the request after it is answered without more bytes coming.
+/// A client that closes mid-body gets nothing, and the server serves the next connection.
+#[test]
+fn a_streamed_body_hands_what_follows_it_back_to_the_connection() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    for body in [&b"streamed body"[..], &[7u8; 70_000][..]] {
+        s.write_all(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut cont = [0u8; 25];
+        s.read_exact(&mut cont).unwrap();
+        assert_eq!(&cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+        let mut rest = body.to_vec();
+        rest.extend_from_slice(b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(&rest).unwrap();
+        let rs = read_responses(&mut s, 2);
+        assert_eq!(rs[0].body, body);
+        assert_eq!(rs[1].body, br#"{"message":"Hello, World!"}"#);
+    }
+    // Chunked, same shape.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut cont = [0u8; 25];
+    s.read_exact(&mut cont).unwrap();
+    s.write_all(b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let rs = read_responses(&mut s, 2);
+    assert_eq!(
+        (&rs[0].body[..], &rs[1].body[..]),
+        (&b"abc"[..], &b"Hello, World!"[..])
+    );
+    // Half a body, then the client goes away.
+    let mut gone = srv.connect();
+    gone.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+        .unwrap();
+    drop(gone);
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].body, b"Hello, World!");
+}
+
 #[test]
 fn kv_store_across_two_shards() {
     let srv = Server::start(&["--shards", "2"]);

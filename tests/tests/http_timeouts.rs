@@ -1,4 +1,5 @@
-//! Slow clients: the absolute header deadline (408, then close) and the keep-alive idle timeout.
+//! Slow clients: the absolute header deadline (408, then close), the body inactivity timeout
+//! and the keep-alive idle timeout.
 
 mod support;
 use std::{
@@ -54,4 +55,23 @@ fn an_idle_keepalive_connection_is_closed_silently_after_its_timeout() {
     let rs = parse_responses(&out);
     assert_eq!(rs.len(), 1, "one response, then a silent close");
     assert_eq!(rs[0].status, 200);
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_408_at_the_body_timeout() {
+    let srv = Server::start(&["--cpus", "0", "--body-timeout", "200ms"]);
+    // `/echo` streams its body; `/kv/{key}` has the server buffer it: both time out alike.
+    for target in ["/echo", "/kv/slow"] {
+        let mut s = srv.connect();
+        let req = format!(
+            "{} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+            if target == "/echo" { "POST" } else { "PUT" }
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let rs = parse_responses(&out);
+        assert_eq!(rs.len(), 1, "{target}: {:?}", String::from_utf8_lossy(&out));
+        assert_eq!(rs[0].status, 408, "{target}");
+    }
 }

@@ -85,6 +85,9 @@ pub enum Error {
     // ---- connection ------------------------------------------------------
     /// The head or body did not arrive before its deadline. 408.
     RequestTimeout,
+    /// The client closed the connection before the body was complete. 400 (never sent: the
+    /// connection is gone; a streaming handler sees it).
+    IncompleteBody,
     // ---- response encoder ----------------------------------------------
     /// The application passed a response header name that is not a token or
     /// a value containing CR, LF or NUL (response splitting). 500.
@@ -112,7 +115,8 @@ impl Error {
             | Error::InvalidChunkSize
             | Error::InvalidChunkExtension
             | Error::InvalidChunkData
-            | Error::InvalidTrailer => 400,
+            | Error::InvalidTrailer
+            | Error::IncompleteBody => 400,
             Error::RequestTimeout => 408,
             Error::BodyTooLarge => 413,
             Error::UriTooLong => 414,
@@ -129,6 +133,7 @@ impl Error {
         match self {
             Error::InvalidMethod => "invalid method",
             Error::RequestTimeout => "request timeout",
+            Error::IncompleteBody => "connection closed before the body was complete",
             Error::InvalidTarget => "invalid request target",
             Error::InvalidVersion => "invalid HTTP version",
             Error::UnsupportedVersion => "HTTP version not supported",
