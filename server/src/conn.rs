@@ -133,27 +133,27 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
         };
         c.set_idle(false);
         let mut carry = None;
-        let mut step = match buf {
-            Some(buf) if pending.is_empty() => {
-                let step =
-                    process_boxed(c, app, &buf, &mut continue_sent, &mut chunk, &mut carry).await;
-                if step.consumed < buf.len() && !step.close {
-                    pending = app.engine.pool().take();
-                    pending.extend_from_slice(&buf[step.consumed..]);
-                }
-                step
+        // Parsed in place when nothing is buffered, else appended to what is.
+        let mut buf = buf;
+        if !pending.is_empty()
+            && let Some(b) = buf.take()
+        {
+            pending.extend_from_slice(&b);
+        }
+        let mut step = if let Some(b) = &buf {
+            let step = process_boxed(c, app, b, &mut continue_sent, &mut chunk, &mut carry).await;
+            if step.consumed < b.len() && !step.close {
+                pending = app.engine.pool().take();
+                pending.extend_from_slice(&b[step.consumed..]);
             }
-            buf => {
-                if let Some(b) = buf {
-                    pending.extend_from_slice(&b);
-                }
-                let step =
-                    process_boxed(c, app, &pending, &mut continue_sent, &mut chunk, &mut carry)
-                        .await;
-                pending.drain(..step.consumed.min(pending.len()));
-                step
-            }
+            step
+        } else {
+            let step =
+                process_boxed(c, app, &pending, &mut continue_sent, &mut chunk, &mut carry).await;
+            pending.drain(..step.consumed.min(pending.len()));
+            step
         };
+        drop(buf);
         // A streamed body ended inside a buffer its reader received: what followed it there is
         // the start of the next request.
         if let Some(carry) = carry {
@@ -612,5 +612,22 @@ fn encoded(
                 status: e.status(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle keep-alive connection costs its task, so the connection future's size is
+    /// watched: 376 bytes before chunked progress and body streaming, 440 with them (678 bytes of
+    /// RSS per idle connection at 10,000). Per-request state belongs in the arena (see
+    /// `process_boxed`), not here.
+    #[test]
+    fn the_connection_task_stays_small() {
+        let n = future_size(super::serve);
+        assert!(n <= 448, "the connection future grew to {n} bytes");
     }
 }
