@@ -16,8 +16,14 @@ command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wr
 command -v nginx >/dev/null || { echo "nginx is not installed: apt-get install -y nginx-light" >&2; exit 2; }
 cargo build --release -q -p percore-server
 work=$(mktemp -d /tmp/percore-vs-nginx.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# The servers are started inside $(...) (a subshell), so their pids go to a file, not a variable.
+cleanup() {
+  if [ -f "$work/pids" ]; then
+    while read -r p; do kill "$p" 2>/dev/null || true; done <"$work/pids"
+  fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -26,7 +32,7 @@ start_percore() { # $1 = extra args; prints "PID PORT"
   local out="$work/percore.$RANDOM.out"
   taskset -c 0 target/release/percore serve --listen 127.0.0.1:0 --cpus 0 $1 >"$out" 2>"$out.err" &
   local pid=$!
-  pids+=("$pid")
+  echo "$pid" >>"$work/pids"
   while ! grep -q "listening on" "$out" 2>/dev/null; do kill -0 "$pid" || { cat "$out.err"; exit 1; }; sleep 0.05; done
   echo "$pid $(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$out" | head -1)"
 }
@@ -37,7 +43,7 @@ start_nginx() {
   sed -e "s#/tmp/peer-nginx#$work/nginx#g" -e "s/8092/$port/" -e "s/worker_connections 65536/worker_connections 16384/" \
     ../shared/peers/nginx.conf >"$work/nginx/nginx.conf"
   nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>/dev/null &
-  pids+=("$!")
+  echo "$!" >>"$work/pids"
   while ! [ -s "$work/nginx/nginx.pid" ]; do sleep 0.05; done
   local master; master=$(cat "$work/nginx/nginx.pid")
   local worker=""
