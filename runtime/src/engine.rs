@@ -193,18 +193,15 @@ impl MeshWakers {
         }
     }
 
-    /// Wakes the receive tasks of the senders in `mask` (see [`bell_bit`]); true if any.
-    fn wake(&self, mask: u64) -> bool {
-        let mut woke = false;
+    /// Wakes the receive tasks of the senders in `mask` (see [`bell_bit`]).
+    fn wake(&self, mask: u64) {
         for (from, slot) in self.tasks.borrow_mut().iter_mut().enumerate() {
             if mask & bell_bit(from) != 0 {
                 if let Some(w) = slot.take() {
                     w.wake();
-                    woke = true;
                 }
             }
         }
-        woke
     }
 }
 
@@ -971,8 +968,7 @@ impl Engine {
             last_work = None;
             // Park: enable the eventfd, look once more (a completion may have raced the enable),
             // then sleep in glommio's ring until the eventfd fires.
-            // A mesh ring from now on writes the doorbell's eventfd, whose read completes in our
-            // ring and so fires the eventfd too.
+            // Marked parked, a mesh ring from now on writes that eventfd directly.
             inner.ring.borrow().completion_shared_enable_eventfd();
             inner.parked.set(true);
             if !inner.set_sleeping(PARKED) || inner.turn() > 0 || inner.stopping.get() {
@@ -1196,7 +1192,7 @@ impl Inner {
         }
     }
 
-    /// Queues a read of the doorbell's eventfd, so that a peer's ring wakes a sleeping driver.
+    /// Queues a read of the doorbell's eventfd, so that a peer's ring wakes a napping driver.
     fn arm_bell(&self) {
         let fd = match self.bell.borrow().as_ref().and_then(|b| b.efd.as_ref()) {
             Some(fd) => fd.as_raw_fd(),

@@ -119,16 +119,18 @@ impl<'r> BodyReader<'r> {
     /// Reads the rest of the body into the request arena (at most the body limit).
     pub async fn read_to_end(&self, arena: &'r Bump) -> Result<&'r [u8], http::Error> {
         let mut body = bumpalo::collections::Vec::new_in(arena);
-        let mut piece = [0u8; 4096];
         loop {
-            let n = self.read(&mut piece).await?;
+            // Read straight into the arena vector's next 4 KiB (no bounce buffer).
+            let len = body.len();
+            body.resize(len + 4096, 0);
+            let n = self.read(&mut body[len..]).await?;
+            body.truncate(len + n);
             if n == 0 {
                 return Ok(body.into_bump_slice());
             }
-            if body.len() as u64 + n as u64 > self.max_body {
+            if body.len() as u64 > self.max_body {
                 return Err(http::Error::BodyTooLarge);
             }
-            body.extend_from_slice(&piece[..n]);
         }
     }
 

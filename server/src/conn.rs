@@ -31,7 +31,7 @@ use percore_runtime::{Conn, Error as RtError, buf::arena_future};
 use crate::{
     app::App,
     body::{BodyReader, End},
-    handler::{Body, Request, Response},
+    handler::{Body, Handler, Middleware, Request, Response},
     http::{
         self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, EMPTY_HEADER, Framing,
         ResponseHead, Status, write_error, write_head,
@@ -314,20 +314,7 @@ async fn process(
                     arena: &arena,
                     shard: app.shard,
                 };
-                let mut early = None;
-                for mw in middleware.iter() {
-                    if let Some(r) = mw.before(&req) {
-                        early = Some(r);
-                        break;
-                    }
-                }
-                let mut resp = match early {
-                    Some(r) => r,
-                    None => handler.call(&req).await,
-                };
-                for mw in middleware.iter().rev() {
-                    mw.after(&req, &mut resp);
-                }
+                let resp = run_handler(handler.as_ref(), middleware, &req).await;
                 // The rest of the body is read (and dropped) before the response goes out.
                 let end = reader.finish().await;
                 app.metrics.add_bytes_in(reader.bytes_in());
@@ -445,20 +432,7 @@ async fn process(
                         arena: &arena,
                         shard: app.shard,
                     };
-                    let mut early = None;
-                    for mw in middleware.iter() {
-                        if let Some(r) = mw.before(&req) {
-                            early = Some(r);
-                            break;
-                        }
-                    }
-                    let mut resp = match early {
-                        Some(r) => r,
-                        None => handler.call(&req).await,
-                    };
-                    for mw in middleware.iter().rev() {
-                        mw.after(&req, &mut resp);
-                    }
+                    let resp = run_handler(handler.as_ref(), middleware, &req).await;
                     encode(c, app, &resp, is_head, close, http10)
                 }
                 Found::MethodNotAllowed(allow) => {
@@ -493,6 +467,24 @@ async fn process(
             };
         }
     }
+}
+
+/// Runs the route's middleware around its handler: `before` in order (the first `Some` answers
+/// instead of the handler), then `after` in reverse order.
+async fn run_handler<'r>(
+    handler: &'r dyn Handler,
+    middleware: &[Rc<dyn Middleware>],
+    req: &'r Request<'r>,
+) -> Response<'r> {
+    let early = middleware.iter().find_map(|mw| mw.before(req));
+    let mut resp = match early {
+        Some(r) => r,
+        None => handler.call(req).await,
+    };
+    for mw in middleware.iter().rev() {
+        mw.after(req, &mut resp);
+    }
+    resp
 }
 
 /// Answers a malformed request with its error status and closes: everything buffered is
