@@ -10,7 +10,6 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 start() {
   taskset -c 0 "$1" serve --listen 127.0.0.1:0 --cpus 0 >"$work/$2.out" 2>/dev/null &
-  pids+=("$!")
   while ! grep -q "listening on" "$work/$2.out" 2>/dev/null; do sleep 0.05; done
   echo "$! $(sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p' "$work/$2.out" | head -1)"
 }
@@ -21,8 +20,11 @@ measure() {
   t1=$(awk '{print $14+$15}' /proc/"$1"/stat)
   python3 -c "print(f'{($t1-$t0)/$hz*1e6/(float(\"$rps\")*$secs):.3f}')"
 }
+# start runs in a process substitution (a subshell): record the pids here, where the trap sees them.
 read -r apid aport < <(start "$a" a)
+pids+=("$apid")
 read -r bpid bport < <(start "$b" b)
+pids+=("$bpid")
 ratios=()
 for i in $(seq 1 "$rounds"); do
   ca=$(measure "$apid" "$aport"); cb=$(measure "$bpid" "$bport")
