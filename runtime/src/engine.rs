@@ -75,9 +75,9 @@ pub const DEFAULT_RECV_BUFFER_SIZE: u32 = 16 * 1024;
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(20);
 /// Default longest single wait of a recently busy driver in its own ring (see [`EngineConfig::nap`]):
 /// the whole nap window, so that a lull costs one sleep rather than one per 250 µs. At a fixed
-/// 40k and 52k requests/s (2-CPU VM, 3–4 alternating rounds): 13.6 → 11.7 and 11.5 → 9.8 µs of
+/// 40k and 52k requests/s (2-CPU VM, 3–4 alternating rounds): 13.6 → 11.7 and 11.5 → 9.7 µs of
 /// CPU per request against 250 µs (nginx 12.3 and 10.3 in the same runs).
-pub const DEFAULT_NAP: Duration = Duration::from_millis(2);
+pub const DEFAULT_NAP: Duration = DEFAULT_NAP_FOR;
 /// Default time a driver keeps napping in its own ring after its last completion before it parks
 /// through glommio (see [`EngineConfig::nap_for`]).
 pub const DEFAULT_NAP_FOR: Duration = Duration::from_millis(2);
