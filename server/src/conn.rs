@@ -65,6 +65,39 @@ struct ChunkProgress {
     body: Vec<u8>,
 }
 
+/// What a connection keeps between calls of [`process`] about the request whose body is still
+/// arriving, and what a call hands back for the next one.
+#[derive(Default)]
+struct Carried {
+    /// `100 Continue` went out for that request.
+    continue_sent: bool,
+    /// Its chunked body decoded so far. Boxed: the connection task's size is what every idle
+    /// connection costs (unboxed, ~190 bytes more per idle connection at 10,000 connections).
+    chunk: Option<Box<ChunkProgress>>,
+    /// A streamed body ended inside a buffer its reader received: what followed it there (the
+    /// start of the next request), in a pooled buffer.
+    after_body: Option<Vec<u8>>,
+}
+
+impl Carried {
+    /// Sends `100 Continue` unless it already went out for this request.
+    fn send_continue(&mut self, c: &mut Conn) {
+        if !self.continue_sent {
+            c.write_buf().extend_from_slice(CONTINUE_100);
+            let _ = c.flush();
+            self.continue_sent = true;
+        }
+    }
+
+    /// The request is answered (or abandoned): forget its body state.
+    fn request_done(&mut self, app: &App) {
+        self.continue_sent = false;
+        if let Some(p) = self.chunk.take() {
+            app.engine.pool().give(p.body);
+        }
+    }
+}
+
 /// What processing a buffer did.
 struct Step {
     consumed: usize,
@@ -82,12 +115,9 @@ pub async fn serve(mut c: Conn, app: Rc<App>) {
 
 async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
     let mut pending: Vec<u8> = Vec::new();
-    // Boxed: the connection task's size is what every idle connection costs (unboxed, ~190 bytes
-    // more per idle connection at 10,000 connections).
-    let mut chunk: Option<Box<ChunkProgress>> = None;
+    let mut carried = Carried::default();
     let mut need = Need::Idle;
     let mut head_deadline = c.now();
-    let mut continue_sent = false;
     // A fresh connection is not idle until it has been served once: a drain must not close a
     // connection whose first request is still on the wire.
     let mut served = false;
@@ -132,7 +162,6 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
             Some(buf)
         };
         c.set_idle(false);
-        let mut carry = None;
         // Parsed in place when nothing is buffered, else appended to what is.
         let mut buf = buf;
         if !pending.is_empty()
@@ -141,22 +170,21 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
             pending.extend_from_slice(&b);
         }
         let mut step = if let Some(b) = &buf {
-            let step = process_boxed(c, app, b, &mut continue_sent, &mut chunk, &mut carry).await;
+            let step = process_boxed(c, app, b, &mut carried).await;
             if step.consumed < b.len() && !step.close {
                 pending = app.engine.pool().take();
                 pending.extend_from_slice(&b[step.consumed..]);
             }
             step
         } else {
-            let step =
-                process_boxed(c, app, &pending, &mut continue_sent, &mut chunk, &mut carry).await;
+            let step = process_boxed(c, app, &pending, &mut carried).await;
             pending.drain(..step.consumed.min(pending.len()));
             step
         };
         drop(buf);
         // A streamed body ended inside a buffer its reader received: what followed it there is
         // the start of the next request.
-        if let Some(carry) = carry {
+        if let Some(carry) = carried.after_body.take() {
             if pending.capacity() != 0 {
                 app.engine.pool().give(std::mem::take(&mut pending));
             }
@@ -167,10 +195,7 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
             }
         }
         if step.need != Need::Body {
-            continue_sent = false;
-            if let Some(p) = chunk.take() {
-                app.engine.pool().give(p.body);
-            }
+            carried.request_done(app);
         }
         served |= step.answered > 0;
         if pending.is_empty() && pending.capacity() != 0 {
@@ -202,9 +227,7 @@ async fn serve_inner(c: &mut Conn, app: &Rc<App>) {
     if pending.capacity() != 0 {
         app.engine.pool().give(pending);
     }
-    if let Some(p) = chunk.take() {
-        app.engine.pool().give(p.body);
-    }
+    carried.request_done(app);
 }
 
 /// Flushes, half-closes and reads what the client still sends for up to [`LINGER`].
@@ -219,34 +242,19 @@ async fn linger_close(c: &mut Conn) {
 /// Runs [`process`] with its state (request head, parameters, the response under construction,
 /// the handler's future) boxed in a pooled arena instead of inside the connection task: the task's
 /// size is what every idle connection costs, and it stays a few hundred bytes.
-async fn process_boxed(
-    c: &mut Conn,
-    app: &App,
-    input: &[u8],
-    continue_sent: &mut bool,
-    chunk: &mut Option<Box<ChunkProgress>>,
-    carry: &mut Option<Vec<u8>>,
-) -> Step {
+async fn process_boxed(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -> Step {
     let outer = app.arenas.take();
-    let step = arena_future(&outer, process(c, app, input, continue_sent, chunk, carry)).await;
+    let step = arena_future(&outer, process(c, app, input, carried)).await;
     app.arenas.give(outer);
     step
 }
 
 /// Answers every complete request in `input`; returns how much it consumed and what it needs.
-/// `chunk` carries the decoding of a chunked body that is still arriving: it belongs to the
-/// request at the start of `input` (a request waiting for its body is always the first one
-/// left), and is taken back when that request is answered. When a streamed body ends inside a
-/// buffer its reader received, all of `input` is consumed and what followed the body is put in
-/// `carry_out`.
-async fn process(
-    c: &mut Conn,
-    app: &App,
-    input: &[u8],
-    continue_sent: &mut bool,
-    chunk: &mut Option<Box<ChunkProgress>>,
-    carry_out: &mut Option<Vec<u8>>,
-) -> Step {
+/// `carried.chunk` belongs to the request at the start of `input` (a request waiting for its body
+/// is always the first one left) and is given back when that request is answered. When a
+/// streamed body ends inside a buffer its reader received, all of `input` is consumed and what
+/// followed the body is put in `carried.after_body`.
+async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -> Step {
     let cfg = app.config();
     let limits = &cfg.limits;
     let mut off = 0;
@@ -284,22 +292,23 @@ async fn process(
         let router = app.router();
         let found = router.find(head.method, head.path);
         let streams = matches!(&found, Found::Handler(h, ..) if h.streams_body());
+        let http10 = head.version == 0;
+        let is_head = head.method == "HEAD";
+        let method = Method::from_token(head.method);
+        // From the engine turn that received the request (the shard's clock, no syscall) to the
+        // response being encoded: includes the wait behind requests handled earlier that turn.
+        let started = c.now();
         if streams && head.body != BodyKind::None {
             // The handler reads the body as it arrives: call it now.
-            if head.expect_continue && !*continue_sent {
-                c.write_buf().extend_from_slice(CONTINUE_100);
-                let _ = c.flush();
+            if head.expect_continue {
+                carried.send_continue(c);
             }
-            *continue_sent = false;
+            carried.request_done(app);
             let length = match head.body {
                 BodyKind::Length(n) => Some(n),
                 _ => None,
             };
             let keep_alive = head.keep_alive;
-            let http10 = head.version == 0;
-            let is_head = head.method == "HEAD";
-            let started = c.now();
-            let method = Method::from_token(head.method);
             let reader = BodyReader::new(c.reader(), rest, length, limits, cfg.body_timeout);
             let Found::Handler(handler, middleware, params, route) = found else {
                 unreachable!("checked above")
@@ -351,7 +360,7 @@ async fn process(
                         v.extend_from_slice(&b);
                         v
                     });
-                    *carry_out = carry;
+                    carried.after_body = carry;
                     return Step {
                         consumed: input.len(),
                         answered,
@@ -380,7 +389,7 @@ async fn process(
                 }
             }
             BodyKind::Chunked => {
-                let p = chunk.get_or_insert_with(|| {
+                let p = carried.chunk.get_or_insert_with(|| {
                     Box::new(ChunkProgress {
                         dec: ChunkedDecoder::new(limits),
                         used: 0,
@@ -393,10 +402,8 @@ async fn process(
         let (body, body_len) = match body {
             Ok(Some(b)) => b,
             Ok(None) => {
-                if head.expect_continue && !*continue_sent {
-                    c.write_buf().extend_from_slice(CONTINUE_100);
-                    let _ = c.flush();
-                    *continue_sent = true;
+                if head.expect_continue {
+                    carried.send_continue(c);
                 }
                 app.arenas.give(arena);
                 return Step {
@@ -411,14 +418,7 @@ async fn process(
                 return reject(c, app, e, input.len(), answered);
             }
         };
-        *continue_sent = false;
         let close = !head.keep_alive || c.is_draining();
-        let http10 = head.version == 0;
-        let is_head = head.method == "HEAD";
-        // From the engine turn that received the request (the shard's clock, no syscall) to the
-        // response being encoded: includes the wait behind requests handled earlier that turn.
-        let started = c.now();
-        let method = Method::from_token(head.method);
         let mut route_id = RouteId::UNMATCHED;
         let resp = {
             match found {
@@ -453,9 +453,7 @@ async fn process(
             started.elapsed().as_micros() as u64,
         );
         app.arenas.give(arena);
-        if let Some(p) = chunk.take() {
-            app.engine.pool().give(p.body);
-        }
+        carried.request_done(app);
         answered += 1;
         off = body_start + body_len;
         if resp.close {
