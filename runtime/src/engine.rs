@@ -246,9 +246,11 @@ pub fn attach_doorbell(me: usize, bells: &[Arc<Doorbell>]) -> Option<MeshWakers>
 pub enum IdleStrategy {
     /// Sleep at once (the default).
     Park,
-    /// Poll for up to this long before sleeping: lowest latency at low load, at the cost of a
-    /// busy CPU (each sleep/wake cycle costs ~20 µs in a VM). Also the engine's busy-poll
-    /// window ([`EngineConfig::busy_poll`]).
+    /// Poll for up to this long before sleeping, naps included: lowest latency at low load, at
+    /// the cost of a busy CPU (each sleep/wake cycle costs ~20 µs in a VM). Also the engine's
+    /// busy-poll window ([`EngineConfig::busy_poll`]). One connection (`wrk -c1`, 2-CPU VM,
+    /// 3 alternating rounds): mean latency 34–38 µs with 50 µs of spin, 70–85 µs without,
+    /// nginx 84–93 µs.
     Spin(Duration),
 }
 
@@ -919,6 +921,23 @@ impl Engine {
             let nap = inner.config.nap;
             let nap_allowed = !nap.is_zero() && lately(last_work);
             let may_nap = others_ran && nap_allowed;
+            if may_nap && !polled_in_vain && inner.spins() {
+                // `IdleStrategy::Spin`: a nap is a sleep too. Send what is queued and reap
+                // without waiting, then watch the ring and the doorbell for the spin window.
+                let (reaped, _) = inner.turn_wait(None);
+                if reaped > 0 {
+                    last_work = Some(inner.now.get());
+                    inner.st.borrow_mut().stats.busy_turns += 1;
+                    glommio::executor().yield_task_queue_now().await;
+                    continue;
+                }
+                // Whatever showed up is taken by the next turn (whose nap then returns at once);
+                // a window that stayed empty, or held only a spurious wake-up, ends in a nap.
+                polled_in_vain = true;
+                if inner.poll_briefly() {
+                    continue;
+                }
+            }
             if may_nap && !inner.set_sleeping(NAPPING) {
                 inner.set_sleeping(AWAKE);
                 continue; // rung meanwhile: see to the mesh first
@@ -1073,14 +1092,20 @@ impl Inner {
         self.now.get()
     }
 
-    /// Watches the TASKRUN flag for up to `busy_poll`; true if completion work showed up.
+    /// Whether the driver spins before it sleeps in any way, naps included.
+    fn spins(&self) -> bool {
+        matches!(self.config.idle, IdleStrategy::Spin(d) if !d.is_zero())
+    }
+
+    /// Watches the TASKRUN flag and the mesh doorbell for up to `busy_poll`; true if completion
+    /// work or a mesh batch showed up.
     fn poll_briefly(&self) -> bool {
         if self.config.busy_poll.is_zero() {
             return false;
         }
         let until = Instant::now() + self.config.busy_poll;
         loop {
-            if self.ring.borrow_mut().submission().taskrun() {
+            if self.ring.borrow_mut().submission().taskrun() || self.bell_pending() {
                 return true;
             }
 
@@ -1205,6 +1230,14 @@ impl Inner {
             .build()
             .user_data(ud(OP_BELL, Key::unpack(0)));
         self.push(sqe);
+    }
+
+    /// Whether a peer shard rang since the last look (without clearing it).
+    fn bell_pending(&self) -> bool {
+        match &*self.bell.borrow() {
+            Some(b) => b.pending.load(Ordering::Relaxed) != 0,
+            None => false,
+        }
     }
 
     /// The shards that rang since the last look (bits, see [`bell_bit`]), clearing them.

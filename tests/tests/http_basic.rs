@@ -157,7 +157,18 @@ fn a_streamed_body_hands_what_follows_it_back_to_the_connection() {
 
 #[test]
 fn kv_store_across_two_shards() {
-    let srv = Server::start(&["--shards", "2"]);
+    kv_across_two_shards(&["--shards", "2"]);
+}
+
+/// A spinning shard watches its ring and the mesh doorbell before every sleep, naps included:
+/// forwarded requests and their replies must still get through while both shards spin.
+#[test]
+fn kv_store_across_two_spinning_shards() {
+    kv_across_two_shards(&["--shards", "2", "--idle-spin-us", "200"]);
+}
+
+fn kv_across_two_shards(args: &[&str]) {
+    let srv = Server::start(args);
     // Keys spread over both shards; each request may land on either shard's connection.
     for i in 0..40 {
         let mut s = srv.connect();
