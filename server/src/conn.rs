@@ -33,7 +33,7 @@ use crate::{
     body::{BodyReader, End},
     handler::{Body, Handler, Middleware, Request, Response},
     http::{
-        self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, EMPTY_HEADER, Framing,
+        self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, Framing, HEADER_SLOT,
         ResponseHead, Status, write_error, write_head,
     },
     metrics::{Method, RouteId},
@@ -269,7 +269,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
             };
         }
         let arena = app.arenas.take();
-        let headers = arena.alloc_slice_fill_copy(limits.max_headers, EMPTY_HEADER);
+        let headers = arena.alloc_slice_fill_copy(limits.max_headers, HEADER_SLOT);
         let head = match http::parse_head(&input[off..], limits, headers) {
             Ok(Status::Complete(head, n)) => (head, n),
             Ok(Status::Partial) => {

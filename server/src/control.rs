@@ -28,7 +28,7 @@ use percore_runtime::{ControlHandle, EngineStats, buf::PoolStats};
 
 use crate::{
     config_file::Config,
-    http::{self, EMPTY_HEADER, Status},
+    http::{self, HEADER_SLOT, Status},
     metrics::{MetricsSnapshot, render_prometheus},
     serve::Control,
 };
@@ -390,7 +390,7 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [EMPTY_HEADER; 64];
+        let mut headers = [HEADER_SLOT; 64];
         match http::parse_head(&buf, &limits, &mut headers) {
             Ok(Status::Complete(head, _)) => {
                 let auth = head

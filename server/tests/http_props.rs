@@ -2,7 +2,7 @@
 //! split-invariance of the chunked decoder, and request round-trips.
 
 use percore_server::http::{
-    BodyKind, ChunkedDecoder, EMPTY_HEADER, Error, Limits, Status, parse_head, write_chunk,
+    BodyKind, ChunkedDecoder, Error, HEADER_SLOT, Limits, Status, parse_head, write_chunk,
     write_last_chunk,
 };
 use proptest::prelude::*;
@@ -51,7 +51,7 @@ fn small_limits() -> impl Strategy<Value = Limits> {
 }
 
 fn check_head(input: &[u8], limits: &Limits) {
-    let mut h = [EMPTY_HEADER; 16];
+    let mut h = [HEADER_SLOT; 16];
     if let Ok(Status::Complete(head, n)) = parse_head(input, limits, &mut h) {
         assert!(n <= input.len());
         assert!(n <= limits.max_head);
@@ -252,7 +252,7 @@ proptest! {
         }
         req.push_str("\r\n");
         let bytes = req.as_bytes();
-        let mut h = [EMPTY_HEADER; 16];
+        let mut h = [HEADER_SLOT; 16];
         let res = parse_head(bytes, &Limits::default(), &mut h);
         if len.is_some_and(|l| l > Limits::default().max_body) {
             prop_assert_eq!(res.unwrap_err(), Error::BodyTooLarge);
@@ -275,7 +275,7 @@ proptest! {
             prop_assert!(head.headers_named(name).any(|v| v == value.as_bytes()));
         }
         let c = cut % bytes.len();
-        let mut h2 = [EMPTY_HEADER; 16];
+        let mut h2 = [HEADER_SLOT; 16];
         prop_assert_eq!(parse_head(&bytes[..c], &Limits::default(), &mut h2), Ok(Status::Partial));
     }
 }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use percore_server::http::{BodyKind, EMPTY_HEADER, Limits, Status, parse_head};
+use percore_server::http::{BodyKind, HEADER_SLOT, Limits, Status, parse_head};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         max_body: 1 << 20,
         ..Limits::default()
     };
-    let mut h = [EMPTY_HEADER; 32];
+    let mut h = [HEADER_SLOT; 32];
     let whole = parse_head(data, &limits, &mut h);
     if let Ok(Status::Complete(head, n)) = &whole {
         assert!(*n <= data.len() && *n <= limits.max_head);
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         // the complete head would not have had only if it is a limit error.
         let cut = data.len() / 2;
         if cut < *n {
-            let mut h2 = [EMPTY_HEADER; 32];
+            let mut h2 = [HEADER_SLOT; 32];
             assert_eq!(
                 parse_head(&data[..cut], &limits, &mut h2),
                 Ok(Status::Partial)

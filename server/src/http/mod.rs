@@ -24,11 +24,11 @@ pub use chunked::ChunkedDecoder;
 pub use date::{CachedDate, format_imf_fixdate};
 pub use error::Error;
 pub use limits::Limits;
-pub use request::{BodyKind, Header, RequestHead, Status, TargetForm, parse_head};
+pub use request::{BodyKind, Header, HeaderSlot, RequestHead, Status, TargetForm, parse_head};
 pub use response::{
     CONTINUE_100, ConnectionHeader, Framing, ResponseHead, reason_phrase, write_chunk, write_error,
     write_head, write_last_chunk, write_response,
 };
 
-/// An empty header slot, to build the `[Header; N]` array for [`parse_head`].
-pub const EMPTY_HEADER: Header<'static> = httparse::EMPTY_HEADER;
+/// An unfilled header slot, to build the `[HeaderSlot; N]` array for [`parse_head`].
+pub const HEADER_SLOT: HeaderSlot<'static> = HeaderSlot::uninit();

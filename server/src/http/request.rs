@@ -67,9 +67,15 @@
 //! Must not: allocate, decode percent-encoding or normalize paths (routing's
 //! job), reply 405/501 for methods (the server's job), read body bytes.
 
+use std::mem::MaybeUninit;
+
 use super::error::Error;
 use super::limits::Limits;
 pub use httparse::Header;
+
+/// A slot [`parse_head`] may fill with one header field; slots past the head's last field are
+/// never written.
+pub type HeaderSlot<'b> = MaybeUninit<Header<'b>>;
 
 /// Result of parsing a possibly incomplete request head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +197,7 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 
 /// Parse one request head from the start of `buf`.
 ///
-/// `headers` receives the fields; at most `min(headers.len(),
+/// `headers` receives the fields (build it from [`super::HEADER_SLOT`]); at most `min(headers.len(),
 /// limits.max_headers)` are accepted, more is 431. On `Complete(head, n)`,
 /// `buf[n..]` is the body / the next request. `Partial` means call again
 /// with more bytes (the same prefix); it is never returned once a limit is
@@ -199,12 +205,17 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 pub fn parse_head<'h, 'b>(
     buf: &'b [u8],
     limits: &Limits,
-    headers: &'h mut [Header<'b>],
+    headers: &'h mut [HeaderSlot<'b>],
 ) -> Result<Status<RequestHead<'h, 'b>>, Error> {
     let max = headers.len().min(limits.max_headers);
-    let headers: &'h mut [Header<'b>] = &mut headers[..max];
-    let mut req = httparse::Request::new(headers);
-    let consumed = match httparse::ParserConfig::default().parse_request(&mut req, buf) {
+    // The slots are filled only as far as the head has fields: a request never pays for
+    // initialising all `max_headers` of them (3.2 KB at the default 100).
+    let mut req = httparse::Request::new(&mut []);
+    let consumed = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut headers[..max],
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             check_partial(buf, limits)?;
@@ -718,9 +729,12 @@ fn semantics<'b>(
 
 #[cfg(test)]
 mod tests {
-    use super::{BodyKind, Error, Header, Limits, RequestHead, Status, TargetForm, parse_head};
+    use super::{
+        BodyKind, Error, HeaderSlot, Limits, MaybeUninit, RequestHead, Status, TargetForm,
+        parse_head,
+    };
 
-    const EMPTY: Header<'static> = httparse::EMPTY_HEADER;
+    const EMPTY: HeaderSlot<'static> = MaybeUninit::uninit();
 
     fn parse_with(input: &[u8], limits: &Limits) -> Result<Option<usize>, Error> {
         let mut h = [EMPTY; 128];
