@@ -14,7 +14,7 @@ use percore_runtime::{Engine, buf::ArenaPool};
 
 use crate::{
     config::ServerConfig,
-    http::format_imf_fixdate,
+    http::{self, ConnectionHeader, Framing, ResponseHead, format_imf_fixdate},
     metrics::{RouteId, ShardMetrics},
     router::Router,
 };
@@ -42,6 +42,8 @@ pub struct App {
     /// Metrics route id of each route index of the current router.
     route_ids: RefCell<Rc<[RouteId]>>,
     date: Cell<[u8; 29]>,
+    /// The start of every `200 OK` head (status line, `Server`, `Date`), rebuilt with them.
+    head_200: RefCell<Vec<u8>>,
     /// Per-shard counters and latency histograms.
     pub metrics: ShardMetrics,
     /// Generation of the config this shard serves.
@@ -61,9 +63,7 @@ impl App {
         let name: Rc<[u8]> = config.server_name.as_bytes().into();
         let metrics = ShardMetrics::new(shard);
         let route_ids = register(&metrics, &router);
-        Rc::new(App {
-            metrics,
-            generation: Cell::new(0),
+        let app = Rc::new(App {
             route_ids: RefCell::new(route_ids),
             shard,
             shards,
@@ -73,7 +73,37 @@ impl App {
             server_name: RefCell::new(name),
             router: RefCell::new(router),
             date: Cell::new(format_imf_fixdate(SystemTime::now())),
-        })
+            head_200: RefCell::new(Vec::new()),
+            metrics,
+            generation: Cell::new(0),
+        });
+        app.rebuild_head_200();
+        app
+    }
+
+    /// Remakes the cached start of `200 OK` heads from the current date and server name.
+    fn rebuild_head_200(&self) {
+        let mut v = self.head_200.borrow_mut();
+        v.clear();
+        let head = ResponseHead {
+            status: 200,
+            reason: http::reason_phrase(200),
+            date: &self.date.get(),
+            server: &self.server_name.borrow(),
+            framing: Framing::None,
+            connection: ConnectionHeader::Omit,
+            extra: &[],
+        };
+        // A server name with a byte a field value may not hold leaves the cache empty: every
+        // response then goes through `write_head`, which answers 500 for it.
+        if http::write_prefix(&mut v, &head).is_err() {
+            v.clear();
+        }
+    }
+
+    /// Runs `f` with the cached start of `200 OK` heads (empty if there is none).
+    pub fn with_head_200<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        f(&self.head_200.borrow())
     }
 
     /// Reformats `Date` once a second (per shard, as seastar does), instead of per response.
@@ -83,7 +113,11 @@ impl App {
             loop {
                 glommio::timer::sleep(Duration::from_millis(500)).await;
                 let Some(app) = weak.upgrade() else { return };
-                app.date.set(format_imf_fixdate(SystemTime::now()));
+                let date = format_imf_fixdate(SystemTime::now());
+                if date != app.date.get() {
+                    app.date.set(date);
+                    app.rebuild_head_200();
+                }
             }
         })
         .detach();
@@ -112,6 +146,7 @@ impl App {
     pub fn swap(&self, config: Rc<ServerConfig>, router: Rc<Router>) {
         *self.route_ids.borrow_mut() = register(&self.metrics, &router);
         *self.server_name.borrow_mut() = config.server_name.as_bytes().into();
+        self.rebuild_head_200();
         *self.config.borrow_mut() = config;
         *self.router.borrow_mut() = router;
     }

@@ -14,7 +14,7 @@ const GET_V: &str = "GET /v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 fn config(body: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n\n[[routes]]\npath = \"/v\"\nrespond = {{ status = 200, body = \"{body}\", content_type = \"text/plain\" }}\n\n[[routes]]\npath = \"/\"\nhandler = \"hello\"\n"
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nserver_name = \"percore-{body}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n\n[[routes]]\npath = \"/v\"\nrespond = {{ status = 200, body = \"{body}\", content_type = \"text/plain\" }}\n\n[[routes]]\npath = \"/\"\nhandler = \"hello\"\n"
     )
 }
 
@@ -40,6 +40,19 @@ fn start_two_shards(f: &std::path::Path) -> Server {
 fn bodies(srv: &Server, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| String::from_utf8(request(srv.addr, GET_V).body).unwrap())
+        .collect()
+}
+
+/// The `Server` field of `GET /` (a built-in handler) over many fresh connections.
+fn server_names(srv: &Server, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = request(
+                srv.addr,
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            r.header("server").unwrap_or_default().to_string()
+        })
         .collect()
 }
 
@@ -145,6 +158,11 @@ fn sighup_reload_reaches_every_shard_a_broken_file_is_rejected_and_rollback_rest
         seen.iter().all(|b| b == "two"),
         "every shard serves the new route: {seen:?}"
     );
+    let names = server_names(&srv, 20);
+    assert!(
+        names.iter().all(|n| n == "percore-two"),
+        "every shard names itself anew: {names:?}"
+    );
     // A broken file is rejected; the old config keeps serving.
     std::fs::write(&f, "[server]\nlisten = 5\n").unwrap();
     let r = admin(&srv, "POST", "/reload", None);
@@ -159,6 +177,7 @@ fn sighup_reload_reaches_every_shard_a_broken_file_is_rejected_and_rollback_rest
     let r = admin(&srv, "POST", "/rollback/1", None);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(bodies(&srv, 20).iter().all(|b| b == "one"));
+    assert!(server_names(&srv, 10).iter().all(|n| n == "percore-one"));
     let status = String::from_utf8(admin(&srv, "GET", "/status", None).body).unwrap();
     assert!(status.contains("\"reloads_failed\":"), "{status}");
 }

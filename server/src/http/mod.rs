@@ -27,7 +27,7 @@ pub use limits::Limits;
 pub use request::{BodyKind, Header, HeaderSlot, RequestHead, Status, TargetForm, parse_head};
 pub use response::{
     CONTINUE_100, ConnectionHeader, Framing, ResponseHead, reason_phrase, write_chunk, write_error,
-    write_head, write_last_chunk, write_response,
+    write_head, write_head_with_prefix, write_last_chunk, write_prefix, write_response,
 };
 
 /// An unfilled header slot, to build the `[HeaderSlot; N]` array for [`parse_head`].

@@ -177,6 +177,17 @@ pub(super) const fn is_field_value_byte(b: u8) -> bool {
     b == b'\t' || (b >= 0x20 && b != 0x7f)
 }
 
+/// [`is_unreserved_or_sub_delim`] as a table, for the per-request Host check.
+static REG_NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_unreserved_or_sub_delim(b as u8);
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 const fn is_unreserved_or_sub_delim(b: u8) -> bool {
     matches!(b,
@@ -518,14 +529,31 @@ fn valid_host(h: &[u8]) -> bool {
             _ => return false,
         }
     } else {
-        let end = h.iter().position(|&b| b == b':').unwrap_or(h.len());
-        let name = &h[..end];
-        if name.is_empty() || !valid_reg_name(name) {
+        // reg-name (or IPv4address, a subset) up to the first ':', in one pass.
+        let mut i = 0;
+        while i < h.len() {
+            let b = h[i];
+            if REG_NAME_BYTE[b as usize] {
+                i += 1;
+            } else if b == b'%' {
+                let ok = h.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && h.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                if !ok {
+                    return false;
+                }
+                i += 3;
+            } else if b == b':' {
+                break;
+            } else {
+                return false;
+            }
+        }
+        if i == 0 {
             return false;
         }
-        match &h[end..] {
-            [] => return true,
-            [_, port @ ..] => port,
+        match h.get(i + 1..) {
+            None => return true,
+            Some(port) => port,
         }
     };
     port.len() <= 5
@@ -534,26 +562,6 @@ fn valid_host(h: &[u8]) -> bool {
             .iter()
             .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
             <= 65535
-}
-
-fn valid_reg_name(n: &[u8]) -> bool {
-    let mut i = 0;
-    while i < n.len() {
-        let b = n[i];
-        if b == b'%' {
-            let ok = n.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && n.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
-            if !ok {
-                return false;
-            }
-            i += 3;
-        } else if is_unreserved_or_sub_delim(b) {
-            i += 1;
-        } else {
-            return false;
-        }
-    }
-    true
 }
 
 struct Semantics<'b> {

@@ -143,22 +143,30 @@ fn is_framing_header(name: &str) -> bool {
 }
 
 fn validate(head: &ResponseHead<'_>) -> Result<(), Error> {
-    let s = head.status;
-    let ok = (100..=999).contains(&s)
+    if valid_prefix(head) && valid_rest(head) {
+        Ok(())
+    } else {
+        Err(Error::InvalidResponseHeader)
+    }
+}
+
+/// What [`write_prefix`] writes is valid: status, reason and `Server`.
+fn valid_prefix(head: &ResponseHead<'_>) -> bool {
+    (100..=999).contains(&head.status)
         && valid_value(head.reason.as_bytes())
         && valid_value(head.server)
-        && ((s >= 200 && s != 204) || head.framing == Framing::None)
+}
+
+/// The rest of the head is valid: framing for the status, the handler's fields.
+fn valid_rest(head: &ResponseHead<'_>) -> bool {
+    let s = head.status;
+    ((s >= 200 && s != 204) || head.framing == Framing::None)
         && head.extra.iter().all(|(name, value)| {
             !name.is_empty()
                 && name.bytes().all(is_tchar)
                 && !is_framing_header(name)
                 && valid_value(value)
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidResponseHeader)
-    }
+        })
 }
 
 fn put_u64(out: &mut Vec<u8>, n: u64) {
@@ -171,6 +179,41 @@ fn put_u64(out: &mut Vec<u8>, n: u64) {
 /// On error `out` is unchanged.
 pub fn write_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) -> Result<(), Error> {
     validate(head)?;
+    put_prefix(out, head);
+    put_rest(out, head);
+    Ok(())
+}
+
+/// Append the start of `head` that depends only on its status, `Server` and `Date`: the status
+/// line and those two fields, without their final CRLF. A shard keeps the result for its most
+/// common status and hands it to [`write_head_with_prefix`] for every such response until the
+/// date or the server name changes.
+pub fn write_prefix(out: &mut Vec<u8>, head: &ResponseHead<'_>) -> Result<(), Error> {
+    if !valid_prefix(head) {
+        return Err(Error::InvalidResponseHeader);
+    }
+    put_prefix(out, head);
+    Ok(())
+}
+
+/// [`write_head`] with the status line, `Server` and `Date` given as `prefix`, which
+/// [`write_prefix`] made from a head with the same status, server and date as `head`.
+///
+/// On error `out` is unchanged.
+pub fn write_head_with_prefix(
+    out: &mut Vec<u8>,
+    prefix: &[u8],
+    head: &ResponseHead<'_>,
+) -> Result<(), Error> {
+    if !valid_rest(head) {
+        return Err(Error::InvalidResponseHeader);
+    }
+    out.extend_from_slice(prefix);
+    put_rest(out, head);
+    Ok(())
+}
+
+fn put_prefix(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     put_u64(out, u64::from(head.status));
     out.push(b' ');
@@ -181,6 +224,9 @@ pub fn write_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) -> Result<(), Erro
     }
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(head.date);
+}
+
+fn put_rest(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
     match head.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"\r\nContent-Length: ");
@@ -201,7 +247,6 @@ pub fn write_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) -> Result<(), Erro
         out.extend_from_slice(value);
     }
     out.extend_from_slice(b"\r\n\r\n");
-    Ok(())
 }
 
 /// Append a complete response with a fixed body; `head.framing` is replaced
@@ -359,6 +404,33 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_prefix_gives_the_same_head() {
+        let heads = [
+            head(200, Framing::Length(13)),
+            head(404, Framing::Chunked),
+            ResponseHead {
+                connection: ConnectionHeader::Close,
+                extra: &[("Content-Type", b"text/plain"), ("X-A", b"1")],
+                ..head(200, Framing::Length(0))
+            },
+            ResponseHead {
+                server: b"",
+                connection: ConnectionHeader::KeepAlive,
+                ..head(304, Framing::None)
+            },
+        ];
+        for h in &heads {
+            let mut whole = Vec::new();
+            write_head(&mut whole, h).unwrap();
+            let mut prefix = Vec::new();
+            write_prefix(&mut prefix, h).unwrap();
+            let mut out = Vec::new();
+            write_head_with_prefix(&mut out, &prefix, h).unwrap();
+            assert_eq!(out, whole, "{h:?}");
+        }
+    }
+
+    #[test]
     fn rejects_response_splitting() {
         let bad: &[ResponseHead<'static>] = &[
             ResponseHead {
@@ -420,6 +492,16 @@ mod tests {
             assert_eq!(out, b"prefix");
             assert!(write_response(&mut out, h, b"x").is_err());
             assert_eq!(out, b"prefix");
+            // Through a cached prefix: either the prefix or the rest is refused, nothing written.
+            let mut cached = Vec::new();
+            if write_prefix(&mut cached, h).is_ok() {
+                assert_eq!(
+                    write_head_with_prefix(&mut out, &cached, h),
+                    Err(Error::InvalidResponseHeader),
+                    "{h:?}"
+                );
+                assert_eq!(out, b"prefix");
+            }
         }
         // allowed: HTAB and obs-text in values, 204 / 304 without framing
         let mut out = Vec::new();
