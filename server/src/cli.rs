@@ -123,7 +123,8 @@ pub struct ServeArgs {
     /// Admin API address (default from the config, 127.0.0.1:9090; port 0 picks one).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
-    /// Spin this many microseconds before parking an idle shard (lower latency at low load).
+    /// Poll this many microseconds before a shard with nothing to do sleeps (lower latency at
+    /// low load, at the cost of a busy CPU).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     pub idle_spin_us: u64,
 }
