@@ -165,7 +165,13 @@ impl Doorbell {
 pub fn ring_bell(bells: &[Arc<Doorbell>], to: usize, from: usize) {
     let bell = &bells[to];
     bell.sent[from].fetch_add(1, Ordering::Release);
-    bell.pending.fetch_or(bell_bit(from), Ordering::SeqCst);
+    if bell.pending.fetch_or(bell_bit(from), Ordering::SeqCst) != 0 {
+        // Rung since the driver last looked: that ring woke it if it slept, and a driver about
+        // to sleep sees the bits first and stays up (bits rung before the bell was attached
+        // included: `attach_doorbell` wakes a parked driver for them). A second write would only
+        // cost a syscall and a spurious wake-up.
+        return;
+    }
     let fd = match bell.sleeping.load(Ordering::SeqCst) {
         NAPPING => bell.efd.as_ref(),
         PARKED => bell.park_efd.get(),
@@ -231,6 +237,13 @@ pub fn attach_doorbell(me: usize, bells: &[Arc<Doorbell>]) -> Option<MeshWakers>
     *inner.bell.borrow_mut() = Some(bells[me].clone());
     if first {
         inner.arm_bell();
+    }
+    // Peers may have rung before the bell was attached, when it read AWAKE and nobody was woken.
+    // A parked driver must see those bits now: a ring that finds bits pending writes no eventfd.
+    if state == PARKED && bells[me].pending.load(Ordering::SeqCst) != 0 {
+        if let Some(fd) = bells[me].park_efd.get() {
+            sys::eventfd_signal(fd.as_raw_fd());
+        }
     }
     Some(inner.mesh_wakers.clone())
 }
