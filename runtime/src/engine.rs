@@ -108,9 +108,10 @@ fn ud(op: u64, key: Key) -> u64 {
 /// or when the preemption timer fires (every millisecond) while the engine keeps it busy, and not
 /// at all while the engine's driver naps in its own ring. The doorbell replaces that path for
 /// shards with an engine: a ring counts the batch in `sent` and sets the sender's bit in
-/// `pending`, and wakes a sleeping driver: a napping one through an eventfd whose read sits in
-/// the engine's ring, a parked one through the eventfd glommio waits on for it (a read completing
-/// in the ring while parked was seen not to fire the ring's registered eventfd). The driver sees the bits on its next turn and wakes the
+/// `pending`, and the first ring since the driver last looked wakes a sleeping driver: a napping
+/// one through an eventfd whose read sits in the engine's ring, a parked one through the eventfd
+/// glommio waits on for it (a read completing in the ring while parked was seen not to fire the
+/// ring's registered eventfd). The driver sees the bits on its next turn and wakes the
 /// mesh receive tasks of those senders itself ([`MeshWakers`]); a receive task takes exactly as
 /// many batches from glommio's channel as `sent` says are there, so it never waits inside glommio
 /// (whose reactor keeps one waker per such wait until a message happens to be waiting when it

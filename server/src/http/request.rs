@@ -208,11 +208,11 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 
 /// Parse one request head from the start of `buf`.
 ///
-/// `headers` receives the fields (build it from [`super::HEADER_SLOT`]); at most `min(headers.len(),
-/// limits.max_headers)` are accepted, more is 431. On `Complete(head, n)`,
-/// `buf[n..]` is the body / the next request. `Partial` means call again
-/// with more bytes (the same prefix); it is never returned once a limit is
-/// already exceeded.
+/// `headers` receives the fields (build it from [`super::HEADER_SLOT`]); at
+/// most `min(headers.len(), limits.max_headers)` are accepted, more is 431.
+/// On `Complete(head, n)`, `buf[n..]` is the body / the next request.
+/// `Partial` means call again with more bytes (the same prefix); it is never
+/// returned once a limit is already exceeded.
 pub fn parse_head<'h, 'b>(
     buf: &'b [u8],
     limits: &Limits,
