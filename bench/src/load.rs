@@ -571,7 +571,7 @@ async fn worker_main(shard: Shard<()>, plan: Arc<Plan>, gate: Arc<Gate>, tx: mps
         we,
         hard_end: we + plan.timeout,
     };
-    let cpu0 = thread_cpu_ns();
+    let cpu0 = percore_runtime::sys::thread_cpu();
     let worker = Rc::new(Worker {
         engine,
         timing,
@@ -617,7 +617,9 @@ async fn worker_main(shard: Shard<()>, plan: Arc<Plan>, gate: Arc<Gate>, tx: mps
     }
     finished.set(true);
     let end = Instant::now();
-    let cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
+    let cpu_ns = percore_runtime::sys::thread_cpu()
+        .saturating_sub(cpu0)
+        .as_nanos() as u64;
     let mut st = worker.stats.borrow_mut();
     st.rotate(end);
     let started = ws + INTERVAL * (st.interval_index as u32);
@@ -631,14 +633,6 @@ async fn worker_main(shard: Shard<()>, plan: Arc<Plan>, gate: Arc<Gate>, tx: mps
         wall: end.saturating_duration_since(t0),
     };
     let _ = st.tx.send(Msg::Done(Box::new(result)));
-}
-
-/// CPU time of the calling thread in ns (from `/proc/thread-self/schedstat`), 0 if unknown.
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// One request in flight.

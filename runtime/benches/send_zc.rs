@@ -20,6 +20,7 @@ use std::{
 };
 
 use io_uring::{cqueue, opcode, types, IoUring};
+use percore_runtime::sys;
 
 /// Bytes sent per measurement.
 const TOTAL: usize = 512 << 20;
@@ -37,23 +38,13 @@ struct Sample {
     receiver_cpu: Duration,
 }
 
-fn thread_cpu() -> Duration {
-    // SAFETY: rusage is a plain C struct of integers, for which all-zero bytes are valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_THREAD reports the calling thread.
-    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    assert_eq!(r, 0, "getrusage: {}", io::Error::last_os_error());
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 fn pin(cpu: usize) {
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
 }
 
 /// Reads and discards until EOF; returns the bytes read and the thread's CPU time.
 fn receive(mut s: TcpStream) -> (usize, Duration) {
-    let cpu0 = thread_cpu();
+    let cpu0 = sys::thread_cpu();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0;
     loop {
@@ -64,7 +55,7 @@ fn receive(mut s: TcpStream) -> (usize, Duration) {
             Err(e) => panic!("receive: {e}"),
         }
     }
-    (n, thread_cpu() - cpu0)
+    (n, sys::thread_cpu() - cpu0)
 }
 
 fn run(mode: Mode, size: usize, cpus: usize) -> io::Result<Sample> {
@@ -88,7 +79,7 @@ fn run(mode: Mode, size: usize, cpus: usize) -> io::Result<Sample> {
     let mut sent = 0usize;
     let mut cur = 0usize;
     let mut off = 0usize;
-    let cpu0 = thread_cpu();
+    let cpu0 = sys::thread_cpu();
     let start = Instant::now();
     while sent < TOTAL {
         // Before a buffer starts a new message, wait until the kernel is done with its pages
@@ -124,7 +115,7 @@ fn run(mode: Mode, size: usize, cpus: usize) -> io::Result<Sample> {
     while notifs.iter().any(|&n| n > 0) {
         reap(&mut ring, &mut notifs, 1)?;
     }
-    let sender_cpu = thread_cpu() - cpu0;
+    let sender_cpu = sys::thread_cpu() - cpu0;
     drop(stream);
     let (received, receiver_cpu) = receiver.join().expect("receiver");
     let secs = start.elapsed().as_secs_f64();

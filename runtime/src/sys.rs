@@ -7,6 +7,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{FromRawFd, OwnedFd, RawFd},
+    time::Duration,
 };
 
 use crate::error::{Error, Result};
@@ -147,6 +148,25 @@ pub fn nodelay(fd: RawFd) -> io::Result<bool> {
 pub fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: no pointers; an invalid fd only yields an error we ignore.
     unsafe { libc::shutdown(fd, how) };
+}
+
+/// CPU time (user + system) on the CPU-time clock `clock` (`CLOCK_THREAD_CPUTIME_ID`, or a
+/// thread's clock from `pthread_getcpuclockid`); `None` once that thread is gone.
+pub fn cpu_clock(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; an invalid clock id only makes the call fail.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default()
 }
 
 /// The CPU the calling thread runs on now.

@@ -179,7 +179,8 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
             if !slot.registered.load(Ordering::Acquire) {
                 continue;
             }
-            let Some(cpu) = thread_cpu(slot.clock.load(Ordering::Relaxed) as libc::clockid_t)
+            let Some(cpu) =
+                crate::sys::cpu_clock(slot.clock.load(Ordering::Relaxed) as libc::clockid_t)
             else {
                 continue; // the thread exited
             };
@@ -213,19 +214,6 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
             }
         }
     }
-}
-
-/// CPU time of the thread whose CPU clock is `clock`; `None` once that thread is gone.
-fn thread_cpu(clock: libc::clockid_t) -> Option<Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; an invalid clock id only makes the call fail.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return None;
-    }
-    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// Prints one stall: the headline, then the stalled thread's stack as far as it can be captured.
@@ -360,8 +348,8 @@ mod tests {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
                 // Keep burning a little longer: a second report for the same stall would show.
-                let cpu0 = thread_cpu(current_clock()).unwrap();
-                while thread_cpu(current_clock()).unwrap() - cpu0 < Duration::from_millis(100) {
+                let cpu0 = crate::sys::thread_cpu();
+                while crate::sys::thread_cpu() - cpu0 < Duration::from_millis(100) {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
                 beat();
@@ -372,12 +360,5 @@ mod tests {
         burner.join().unwrap();
         sleeper.join().unwrap();
         assert_eq!(stalls.load(Ordering::Relaxed), 1);
-    }
-
-    fn current_clock() -> libc::clockid_t {
-        let mut clock = 0;
-        // SAFETY: the calling thread is alive; `clock` is a valid out-pointer.
-        unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-        clock
     }
 }
