@@ -935,24 +935,11 @@ impl Engine {
             };
             let nap = inner.config.nap;
             let nap_allowed = !nap.is_zero() && lately(last_work);
-            let may_nap = others_ran && nap_allowed;
-            if may_nap && !polled_in_vain && inner.spins() {
-                // `IdleStrategy::Spin`: a nap is a sleep too. Send what is queued and reap
-                // without waiting, then watch the ring and the doorbell for the spin window.
-                let (reaped, _) = inner.turn_wait(None);
-                if reaped > 0 {
-                    last_work = Some(inner.now.get());
-                    inner.st.borrow_mut().stats.busy_turns += 1;
-                    requeue().await;
-                    continue;
-                }
-                // Whatever showed up is taken by the next turn (whose nap then returns at once);
-                // a window that stayed empty, or held only a spurious wake-up, ends in a nap.
-                polled_in_vain = true;
-                if inner.poll_briefly() {
-                    continue;
-                }
-            }
+            // `IdleStrategy::Spin`: a nap is a sleep too. This turn then sends what is queued and
+            // reaps without waiting; if it finds nothing, the driver watches the ring and the
+            // doorbell for the spin window before it naps.
+            let spin_first = others_ran && nap_allowed && !polled_in_vain && inner.spins();
+            let may_nap = others_ran && nap_allowed && !spin_first;
             if may_nap && !inner.set_sleeping(NAPPING) {
                 inner.set_sleeping(AWAKE);
                 continue; // rung meanwhile: see to the mesh first
@@ -975,6 +962,14 @@ impl Engine {
                 // The nap ended empty: glommio's reactor (timers, mesh) gets its turn when its
                 // preemption timer says so, then the driver naps again until `nap_for` is over.
                 glommio::yield_if_needed().await;
+                continue;
+            }
+            if spin_first {
+                // Whatever shows up in the window is taken by the next turn (whose nap then
+                // returns at once); a window that stays empty, or holds only a spurious wake-up,
+                // ends in a nap.
+                polled_in_vain = true;
+                inner.poll_briefly();
                 continue;
             }
             others_ran = false;
