@@ -101,9 +101,19 @@ impl App {
         }
     }
 
-    /// Runs `f` with the cached start of `200 OK` heads (empty if there is none).
-    pub fn with_head_200<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
-        f(&self.head_200.borrow())
+    /// Writes `head` into `out` (see [`http::write_head`]), a `200 OK` one from the cached start
+    /// (`head` carries this shard's date and server name).
+    pub fn write_head(
+        &self,
+        out: &mut Vec<u8>,
+        head: &ResponseHead<'_>,
+    ) -> Result<(), http::Error> {
+        let prefix = self.head_200.borrow();
+        if head.status == 200 && !prefix.is_empty() {
+            http::write_head_with_prefix(out, &prefix, head)
+        } else {
+            http::write_head(out, head)
+        }
     }
 
     /// Reformats `Date` once a second (per shard, as seastar does), instead of per response.

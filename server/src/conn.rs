@@ -34,7 +34,7 @@ use crate::{
     handler::{Body, Handler, Middleware, Request, Response},
     http::{
         self, BodyKind, CONTINUE_100, ChunkedDecoder, ConnectionHeader, Framing, HEADER_SLOT,
-        ResponseHead, Status, write_error, write_head, write_head_with_prefix,
+        ResponseHead, Status, write_error,
     },
     metrics::{Method, RouteId},
     router::Found,
@@ -556,17 +556,7 @@ fn encode(
     };
     let out = c.write_buf();
     let before = out.len();
-    let r = if resp.status == 200 {
-        app.with_head_200(|prefix| {
-            if prefix.is_empty() {
-                write_head(out, &head)
-            } else {
-                write_head_with_prefix(out, prefix, &head)
-            }
-        })
-    } else {
-        write_head(out, &head)
-    };
+    let r = app.write_head(out, &head);
     let enc = encoded(
         out,
         r,
