@@ -42,8 +42,13 @@ pub struct Cli {
 /// Options of a load run.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Target, http://host[:port]/path?query (host: IPv4, [IPv6] or name)
-    #[arg(value_name = "URL", required = true, value_parser = parse_url)]
+    /// Target, `http://host[:port]/path?query` (host: IPv4, `[IPv6]` or name).
+    #[arg(
+        value_name = "URL",
+        required = true,
+        value_parser = parse_url,
+        help = "Target, http://host[:port]/path?query (host: IPv4, [IPv6] or name)"
+    )]
     pub url: Option<Target>,
 
     /// Worker threads [default: number of CPUs in --cpus, else of the process affinity mask]
@@ -90,8 +95,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list_arg)]
     pub cpus: Option<CpuList>,
 
-    /// Request mix file: lines 'WEIGHT METHOD PATH [@bodyfile]'
-    #[arg(long, value_name = "FILE")]
+    /// Request mix file: lines `WEIGHT METHOD PATH [@bodyfile]`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = "Request mix file: lines 'WEIGHT METHOD PATH [@bodyfile]'"
+    )]
     pub mix: Option<PathBuf>,
 
     /// Write the corrected latency percentile distribution (.hgrm) here

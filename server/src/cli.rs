@@ -52,8 +52,11 @@ pub struct CtlArgs {
     /// Print the raw JSON instead of readable output.
     #[arg(long)]
     pub json: bool,
-    /// status | config | metrics | reload | rollback [N] | drain
-    #[arg(value_parser = ["status", "config", "metrics", "reload", "rollback", "drain"])]
+    /// What to do: status, config, metrics, reload, rollback (to snapshot `arg`), drain.
+    #[arg(
+        help = "status | config | metrics | reload | rollback [N] | drain",
+        value_parser = ["status", "config", "metrics", "reload", "rollback", "drain"]
+    )]
     pub action: String,
     /// Snapshot number for `rollback` (default: the previous one).
     pub arg: Option<u64>,
@@ -74,8 +77,12 @@ pub struct DemoArgs {
     /// Generator connections.
     #[arg(long, short = 'c', value_name = "N", default_value_t = 64)]
     pub connections: usize,
-    /// Report folder (default reports/demo-<unix time>).
-    #[arg(long, value_name = "DIR")]
+    /// Report folder (default `reports/demo-<unix time>`).
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = "Report folder (default reports/demo-<unix time>)"
+    )]
     pub out: Option<std::path::PathBuf>,
 }
 
