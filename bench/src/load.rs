@@ -425,6 +425,7 @@ enum Msg {
 struct WorkerResult {
     corrected: Histogram<u64>,
     uncorrected: Histogram<u64>,
+    send_lag: Histogram<u64>,
     c: Counters,
     status: Vec<u64>,
     cpu_ns: u64,
@@ -465,6 +466,9 @@ struct Timing {
 struct Stats {
     corrected: Histogram<u64>,
     uncorrected: Histogram<u64>,
+    /// Open loop: how late each measured request went out after it was due and its connection
+    /// had room for it (µs), i.e. the generator's own lag.
+    send_lag: Histogram<u64>,
     interval: Histogram<u64>,
     interval_index: u64,
     next_boundary: Instant,
@@ -578,6 +582,7 @@ async fn worker_main(shard: Shard<()>, plan: Arc<Plan>, gate: Arc<Gate>, tx: mps
         stats: RefCell::new(Stats {
             corrected: new_histogram(),
             uncorrected: new_histogram(),
+            send_lag: new_histogram(),
             interval: new_histogram(),
             interval_index: 0,
             next_boundary: ws + INTERVAL,
@@ -627,6 +632,7 @@ async fn worker_main(shard: Shard<()>, plan: Arc<Plan>, gate: Arc<Gate>, tx: mps
     let result = WorkerResult {
         corrected: st.corrected.clone(),
         uncorrected: st.uncorrected.clone(),
+        send_lag: st.send_lag.clone(),
         c: st.c,
         status: std::mem::take(&mut st.status),
         cpu_ns,
@@ -663,6 +669,10 @@ struct ConnTask {
     timer: Option<Timer>,
     timer_at: Option<Instant>,
     ever_connected: bool,
+    /// When the connection last got room for another request (a response completed while it had
+    /// `--pipeline` requests in flight, or it connected): a request due earlier waited for the
+    /// server, not for the generator.
+    free_since: Instant,
 }
 
 impl ConnTask {
@@ -674,6 +684,7 @@ impl ConnTask {
         });
         let m = index as u64;
         let pipeline = w.plan.pipeline;
+        let w_t0 = w.timing.t0;
         let mut t = ConnTask {
             next_intended: w.timing.t0,
             w,
@@ -685,6 +696,7 @@ impl ConnTask {
             timer: None,
             timer_at: None,
             ever_connected: false,
+            free_since: w_t0,
         };
         t.next_intended = t.due_time(m);
         t
@@ -850,6 +862,11 @@ impl ConnTask {
             c.write_buf().extend_from_slice(bytes);
             let m = self.measured(intended);
             measured += u64::from(m);
+            if m && self.open_loop() {
+                let ready = intended.max(self.free_since);
+                let lag = micros(now.saturating_duration_since(ready));
+                self.w.stats.borrow_mut().send_lag.saturating_record(lag);
+            }
             self.out.push_back(Outstanding {
                 intended,
                 sent: now,
@@ -913,6 +930,10 @@ impl ConnTask {
         let Some(r) = self.out.pop_front() else {
             return;
         };
+        if self.out.len() + 1 == self.w.plan.pipeline {
+            // It was full: requests due until now waited for this response.
+            self.free_since = now;
+        }
         let mut st = self.w.stats.borrow_mut();
         if r.measured {
             st.record(now, r.intended, r.sent, status);
@@ -942,6 +963,8 @@ impl ConnTask {
             self.ever_connected = true;
             self.deadline = None;
             self.timer_at = None;
+            // Requests due while the connection was down waited for the server.
+            self.free_since = Instant::now();
             return Some(c);
         }
         let now = Instant::now();
@@ -1082,6 +1105,7 @@ impl Collector {
         }
         let mut corrected = new_histogram();
         let mut uncorrected = new_histogram();
+        let mut send_lag = new_histogram();
         let mut c = Counters::default();
         let mut status = BTreeMap::new();
         let mut cpu_ns = 0u64;
@@ -1092,6 +1116,9 @@ impl Collector {
                 .map_err(|e| Error::histogram("merge worker histograms", format!("{e:?}")))?;
             uncorrected
                 .add(&r.uncorrected)
+                .map_err(|e| Error::histogram("merge worker histograms", format!("{e:?}")))?;
+            send_lag
+                .add(&r.send_lag)
                 .map_err(|e| Error::histogram("merge worker histograms", format!("{e:?}")))?;
             c.requests += r.c.requests;
             c.intended += r.c.intended;
@@ -1126,6 +1153,7 @@ impl Collector {
         Ok(RunResults {
             corrected,
             uncorrected,
+            send_lag,
             requests: c.requests,
             duration: cfg.duration,
             target_rps: cfg.rate.map(|r| r as f64),

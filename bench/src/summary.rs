@@ -69,6 +69,12 @@ pub struct RunResults {
     pub corrected: Histogram<u64>,
     /// Latency from the actual send time (µs): service time.
     pub uncorrected: Histogram<u64>,
+    /// Open loop: how late each request went out after it was due and its connection had room
+    /// for it (µs). This is the generator's own lag (its CPU was busy, or it slept past the due
+    /// time), already part of `corrected`: a large one means the generator, not the server, fell
+    /// behind. Waiting for the server (a full pipeline, a reconnect) is not counted. Empty for
+    /// closed loop.
+    pub send_lag: Histogram<u64>,
     /// Completed requests (responses received) in the measured window.
     pub requests: u64,
     /// Length of the measured window (after warmup).
@@ -107,7 +113,7 @@ pub struct RunResults {
 }
 
 /// Percentile summary in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyStats {
     /// 50th percentile.
     pub p50: f64,
@@ -160,6 +166,10 @@ pub struct Summary {
     pub latency_ms: LatencyStats,
     /// Uncorrected latency (service time).
     pub service_time_ms: LatencyStats,
+    /// Open loop: the generator's own lag behind its schedule (see [`RunResults::send_lag`]);
+    /// zeros for closed loop.
+    #[serde(default)]
+    pub send_lag_ms: LatencyStats,
     /// Status code (as a string key) -> count.
     pub status: BTreeMap<String, u64>,
     /// Error kind -> count.
@@ -206,6 +216,7 @@ impl RunResults {
             target_rps: self.target_rps,
             latency_ms: LatencyStats::from_histogram(&self.corrected),
             service_time_ms: LatencyStats::from_histogram(&self.uncorrected),
+            send_lag_ms: LatencyStats::from_histogram(&self.send_lag),
             status: self
                 .status
                 .iter()
@@ -328,6 +339,17 @@ impl RunResults {
             &self.uncorrected,
             "Uncorrected Latency (measured without taking delayed starts into account)",
         ));
+        if self.target_rps.is_some() && !self.send_lag.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "  Send lag (the generator behind its own schedule; part of the recorded latency): \
+                 p99 {:.2}ms, p99.9 {:.2}ms, max {:.2}ms",
+                hgrm::value_at_percentile(&self.send_lag, 99.0) as f64 / US_PER_MS,
+                hgrm::value_at_percentile(&self.send_lag, 99.9) as f64 / US_PER_MS,
+                self.send_lag.max() as f64 / US_PER_MS,
+            );
+        }
         if spectrum {
             let _ = writeln!(out, "\n  Detailed Percentile spectrum:");
             out.push_str(&hgrm::format_hgrm(&self.corrected));
@@ -380,7 +402,8 @@ mod tests {
         }
         RunResults {
             corrected: c,
-            uncorrected: u,
+            uncorrected: u.clone(),
+            send_lag: u,
             requests,
             duration: Duration::from_secs(10),
             target_rps: target,

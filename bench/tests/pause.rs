@@ -57,4 +57,17 @@ fn a_server_pause_shows_in_corrected_percentiles_but_not_in_service_time() {
     );
     // The pause is in the max of both (the requests on the wire when it began waited it out).
     assert!(r.uncorrected.max() * 10 >= pause_us * 4);
+    // Requests due during the pause waited for the server, with their connections full: that is
+    // not the generator's lag. Counted from the due time instead, the lag's p99 would be the
+    // corrected p99, near the whole pause.
+    let lag_p99 = value_at_percentile(&r.send_lag, 99.0);
+    assert_eq!(
+        r.send_lag.len(),
+        r.intended,
+        "one send-lag sample per request sent"
+    );
+    assert!(
+        lag_p99 * 2 < pause_us,
+        "send lag p99 {lag_p99} µs: the pause was charged to the generator"
+    );
 }

@@ -108,6 +108,17 @@ pub fn run(opts: DemoOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
         eprintln!();
     }
     println!("{}", result.text_summary(true));
+    // The generator shares the machine with the server: when it cannot keep its own schedule,
+    // say so, since the recorded latency then includes its lag.
+    let lag_us = percore_bench::hgrm::value_at_percentile(&result.send_lag, 99.9);
+    if lag_us >= 1000 {
+        println!(
+            "percore demo: the load generator fell behind its own schedule (send lag p99.9 {:.1} ms, \
+             max {:.1} ms); the recorded latency includes that lag. A lower --fraction avoids it.",
+            lag_us as f64 / 1000.0,
+            result.send_lag.max() as f64 / 1000.0
+        );
+    }
     let out = opts.out.unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
