@@ -684,9 +684,9 @@ impl ConnTask {
         });
         let m = index as u64;
         let pipeline = w.plan.pipeline;
-        let w_t0 = w.timing.t0;
         let mut t = ConnTask {
             next_intended: w.timing.t0,
+            free_since: w.timing.t0,
             w,
             m,
             picker,
@@ -696,7 +696,6 @@ impl ConnTask {
             timer: None,
             timer_at: None,
             ever_connected: false,
-            free_since: w_t0,
         };
         t.next_intended = t.due_time(m);
         t
