@@ -20,7 +20,10 @@
 //! # Driving
 //! [`Engine::drive`] is a task: it submits and reaps with one `io_uring_enter(GETEVENTS)` per turn,
 //! wakes the connection tasks whose operations completed, and requeues itself behind them so they
-//! run first.
+//! run first (`futures_lite::future::yield_now`: it wakes itself and returns once). Unlike
+//! glommio's `yield_task_queue_now`, the shard's one task queue keeps running, so a turn does not
+//! pay for leaving and re-entering it (two clock reads and the queue's accounting); glommio's
+//! reactor still gets the CPU when its preemption timer fires.
 //! When a turn finds nothing, it optionally spins (`idle_spin`) and then parks: it enables an eventfd
 //! registered on the ring, re-checks for completions (no lost wake-up) and awaits the eventfd through
 //! glommio, so the executor sleeps in its own ring and timers and channels keep working. While busy
@@ -51,6 +54,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_lite::future::yield_now;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::{
@@ -919,7 +923,7 @@ impl Engine {
                 // work: the driver keeps napping (the doorbell wakes a nap) rather than parking.
                 last_work = Some(inner.now.get());
                 inner.mesh_wakers.wake(rang);
-                requeue().await;
+                yield_now().await;
                 others_ran = true;
                 continue;
             }
@@ -954,7 +958,7 @@ impl Engine {
                 polled_in_vain = false;
                 last_work = Some(inner.now.get());
                 inner.st.borrow_mut().stats.busy_turns += 1;
-                requeue().await;
+                yield_now().await;
                 others_ran = true;
                 continue;
             }
@@ -993,7 +997,7 @@ impl Engine {
             polled_in_vain = false;
             if nap_allowed {
                 // Recently busy: let every other runnable task of the shard run, then nap.
-                requeue().await;
+                yield_now().await;
                 others_ran = true;
                 continue;
             }
@@ -1022,25 +1026,6 @@ impl Engine {
         ticker.cancel();
         let _ = efile.close().await;
     }
-}
-
-/// Puts the driver at the back of the shard's run queue, behind the tasks its turn woke, so they
-/// run before its next turn. Unlike glommio's `yield_task_queue_now`, the task queue keeps
-/// running (the shard has one), so a turn does not pay for leaving and re-entering it (two clock
-/// reads and the queue's accounting); glommio's reactor still gets the CPU when its preemption
-/// timer fires, as it does under `yield_task_queue_now`.
-async fn requeue() {
-    let mut queued = false;
-    poll_fn(|cx| {
-        if queued {
-            Poll::Ready(())
-        } else {
-            queued = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 /// Wakes connections whose deadline passed; runs every `timer_tick` while any deadline is set.
