@@ -205,10 +205,11 @@ impl Session {
 
     /// Waits for bytes until the deadline of what the connection is waiting for.
     async fn receive(&mut self) -> Result<Option<RecvBuf>, RtError> {
+        let cfg = self.app.config();
         let deadline = match self.need {
-            Need::Idle => self.c.now() + self.app.config().keepalive_timeout,
+            Need::Idle => self.c.now() + cfg.keepalive_timeout,
             Need::Head => self.head_deadline,
-            Need::Body => self.c.now() + self.app.config().body_timeout,
+            Need::Body => self.c.now() + cfg.body_timeout,
         };
         self.c.set_idle(self.need == Need::Idle && self.served);
         self.c.set_deadline(Some(deadline));
@@ -216,7 +217,7 @@ impl Session {
         if let Some(b) = &buf {
             self.app.metrics.add_bytes_in(b.len() as u64);
             if self.need == Need::Idle {
-                self.head_deadline = self.c.now() + self.app.config().header_timeout;
+                self.head_deadline = self.c.now() + cfg.header_timeout;
             }
         }
         Ok(buf)
