@@ -340,14 +340,13 @@ impl RunResults {
             "Uncorrected Latency (measured without taking delayed starts into account)",
         ));
         if self.target_rps.is_some() && !self.send_lag.is_empty() {
+            let lag = LatencyStats::from_histogram(&self.send_lag);
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
                 "  Send lag (the generator behind its own schedule; part of the recorded latency): \
                  p99 {:.2}ms, p99.9 {:.2}ms, max {:.2}ms",
-                hgrm::value_at_percentile(&self.send_lag, 99.0) as f64 / US_PER_MS,
-                hgrm::value_at_percentile(&self.send_lag, 99.9) as f64 / US_PER_MS,
-                self.send_lag.max() as f64 / US_PER_MS,
+                lag.p99, lag.p999, lag.max,
             );
         }
         if spectrum {

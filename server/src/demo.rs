@@ -53,6 +53,9 @@ pub fn split_cpus(cpus: &[usize]) -> (Vec<usize>, Vec<usize>) {
     (server, load)
 }
 
+/// Send lag (p99.9, ms) from which the demo says the generator fell behind.
+const LAG_WARN_MS: f64 = 1.0;
+
 /// Runs the demo; returns the report folder.
 pub fn run(opts: DemoOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
     if !(opts.fraction > 0.0 && opts.fraction <= 1.0) {
@@ -110,13 +113,12 @@ pub fn run(opts: DemoOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
     println!("{}", result.text_summary(true));
     // The generator shares the machine with the server: when it cannot keep its own schedule,
     // say so, since the recorded latency then includes its lag.
-    let lag_us = percore_bench::hgrm::value_at_percentile(&result.send_lag, 99.9);
-    if lag_us >= 1000 {
+    let lag = percore_bench::LatencyStats::from_histogram(&result.send_lag);
+    if lag.p999 >= LAG_WARN_MS {
         println!(
             "percore demo: the load generator fell behind its own schedule (send lag p99.9 {:.1} ms, \
              max {:.1} ms); the recorded latency includes that lag. A lower --fraction avoids it.",
-            lag_us as f64 / 1000.0,
-            result.send_lag.max() as f64 / 1000.0
+            lag.p999, lag.max
         );
     }
     let out = opts.out.unwrap_or_else(|| {
