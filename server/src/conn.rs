@@ -173,6 +173,7 @@ impl Session {
                         write_error(
                             self.c.write_buf(),
                             http::Error::RequestTimeout,
+                            false,
                             &self.app.date(),
                             &self.app.server_name(),
                         );
@@ -342,7 +343,9 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
             }
             Err(e) => {
                 app.arenas.give(arena);
-                return reject(c, app, e, input.len(), answered);
+                // The method is the first token even of a head that failed to parse.
+                let is_head = input[off..].starts_with(b"HEAD ");
+                return reject(c, app, e, is_head, input.len(), answered);
             }
         };
         let (head, n) = head;
@@ -395,7 +398,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                     }
                     Err(http::Error::IncompleteBody) => (400, true, None),
                     Err(e) => {
-                        write_error(c.write_buf(), e, &app.date(), &app.server_name());
+                        write_error(c.write_buf(), e, is_head, &app.date(), &app.server_name());
                         (e.status(), true, None)
                     }
                 }
@@ -474,7 +477,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
             }
             Err(e) => {
                 app.arenas.give(arena);
-                return reject(c, app, e, input.len(), answered);
+                return reject(c, app, e, is_head, input.len(), answered);
             }
         };
         let close = !head.keep_alive || c.is_draining();
@@ -501,6 +504,15 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                 }
                 Found::NotFound => {
                     let resp = Response::status_text(404, b"not found\n");
+                    encode(c, app, &resp, is_head, close, http10)
+                }
+                Found::ServerOptions(allow) => {
+                    // No content: `Content-Length: 0` (RFC 9110 §9.3.7).
+                    let resp = Response::new(200).with_header("allow", allow);
+                    encode(c, app, &resp, is_head, close, http10)
+                }
+                Found::NotImplemented => {
+                    let resp = Response::status_text(501, b"not implemented\n");
                     encode(c, app, &resp, is_head, close, http10)
                 }
             }
@@ -546,8 +558,15 @@ async fn run_handler<'r>(
 
 /// Answers a malformed request with its error status and closes: everything buffered is
 /// consumed, nothing after it is answered.
-fn reject(c: &mut Conn, app: &App, e: http::Error, consumed: usize, answered: usize) -> Step {
-    write_error(c.write_buf(), e, &app.date(), &app.server_name());
+fn reject(
+    c: &mut Conn,
+    app: &App,
+    e: http::Error,
+    is_head: bool,
+    consumed: usize,
+    answered: usize,
+) -> Step {
+    write_error(c.write_buf(), e, is_head, &app.date(), &app.server_name());
     Step {
         consumed,
         answered,
@@ -655,7 +674,7 @@ fn encoded(
             }
         }
         Err(e) => {
-            write_error(out, e, date, server);
+            write_error(out, e, is_head, date, server);
             Encoded {
                 close: true,
                 status: e.status(),

@@ -1,6 +1,11 @@
 //! Routing: a `matchit` radix tree from path patterns (`/kv/{key}`, `/static/{*rest}`) to routes,
 //! and per-route dispatch by method with 404, and 405 with an `Allow` header.
 //!
+//! Requests that are not about a path get their RFC 9110 answers here too: `OPTIONS *` (about the
+//! server as a whole) lists every method the router serves; CONNECT (a tunnel, which this server
+//! does not make) and a method no route serves and RFC 9110 does not define (`FOO`, or `get`:
+//! methods are case-sensitive) are 501, not 405, which would claim the method is known.
+//!
 //! A router is built once per shard (handlers hold shard-local state) and is immutable while it
 //! serves; a config reload builds a new one. `HEAD` is served by the `GET` handler with the body
 //! dropped by the connection. Lookups allocate nothing (matchit keeps up to three parameters
@@ -54,7 +59,16 @@ pub enum Found<'a, 'p> {
     MethodNotAllowed(&'a [u8]),
     /// No route matches the path.
     NotFound,
+    /// `OPTIONS *`: the value of `Allow` for the server as a whole.
+    ServerOptions(&'a [u8]),
+    /// CONNECT, or a method the server does not recognise: 501.
+    NotImplemented,
 }
+
+/// Methods RFC 9110 (and RFC 5789, PATCH) define: a route that lacks one of these answers 405.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT",
+];
 
 /// Errors building a router.
 #[derive(Debug)]
@@ -125,6 +139,8 @@ impl RouterBuilder {
     pub fn build(self) -> Result<Router, RouteError> {
         let mut tree = matchit::Router::new();
         let mut routes = Vec::with_capacity(self.routes.len());
+        // Every method some route serves, in first-seen order, HEAD with GET, OPTIONS last.
+        let mut served: Vec<String> = Vec::new();
         for (i, (path, mut route)) in self.routes.into_iter().enumerate() {
             tree.insert(path.as_str(), i)
                 .map_err(|e| RouteError(format!("route {path:?}: {e}")))?;
@@ -133,12 +149,30 @@ impl RouterBuilder {
                 names.push("HEAD");
             }
             route.allow = names.join(", ").into_bytes();
+            for n in names {
+                if !served.iter().any(|m| m == n) {
+                    served.push(n.to_string());
+                }
+            }
             let mut mw = self.global.clone();
             mw.append(&mut route.middleware);
             route.middleware = mw;
             routes.push(route);
         }
-        Ok(Router { tree, routes })
+        let extra_methods = served
+            .iter()
+            .filter(|m| !STANDARD_METHODS.contains(&m.as_str()))
+            .cloned()
+            .collect();
+        if !served.iter().any(|m| m == "OPTIONS") {
+            served.push("OPTIONS".to_string());
+        }
+        Ok(Router {
+            tree,
+            routes,
+            allow_any: served.join(", ").into_bytes(),
+            extra_methods,
+        })
     }
 }
 
@@ -146,6 +180,10 @@ impl RouterBuilder {
 pub struct Router {
     tree: matchit::Router<usize>,
     routes: Vec<Route>,
+    /// `Allow` for `OPTIONS *`: every method some route serves, and OPTIONS.
+    allow_any: Vec<u8>,
+    /// Methods routes serve beyond [`STANDARD_METHODS`] (extension methods such as `PURGE`).
+    extra_methods: Vec<String>,
 }
 
 impl Router {
@@ -155,7 +193,21 @@ impl Router {
     }
 
     /// Finds what serves `method path`.
+    ///
+    /// `path` is the request target's path; one that does not start with `/` is the target of
+    /// `OPTIONS *` or of CONNECT (the parser admits asterisk-form and authority-form with those
+    /// methods only).
     pub fn find<'a, 'p>(&'a self, method: &str, path: &'p str) -> Found<'a, 'p> {
+        if !path.starts_with('/') {
+            return if path == "*" {
+                Found::ServerOptions(&self.allow_any)
+            } else {
+                Found::NotImplemented
+            };
+        }
+        if !self.recognises(method) {
+            return Found::NotImplemented;
+        }
         match self.tree.at(path) {
             Ok(m) => {
                 let route = &self.routes[*m.value];
@@ -166,6 +218,11 @@ impl Router {
             }
             Err(_) => Found::NotFound,
         }
+    }
+
+    /// Whether `method` is one RFC 9110 defines or one some route serves.
+    fn recognises(&self, method: &str) -> bool {
+        STANDARD_METHODS.contains(&method) || self.extra_methods.iter().any(|m| m == method)
     }
 }
 
@@ -212,5 +269,30 @@ mod tests {
             .route("GET", "/a/{y}", ok())
             .build();
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn extension_methods_are_recognised_once_a_route_serves_them() {
+        let r = RouterBuilder::new()
+            .route("GET", "/a", ok())
+            .route("PURGE", "/cache", ok())
+            .build()
+            .unwrap();
+        // A route's extension method is known everywhere: elsewhere it is 405, not 501.
+        assert!(matches!(
+            r.find("PURGE", "/a"),
+            Found::MethodNotAllowed(b"GET, HEAD")
+        ));
+        assert!(matches!(r.find("PURGE", "/cache"), Found::Handler(..)));
+        assert!(matches!(r.find("BREW", "/a"), Found::NotImplemented));
+        assert!(matches!(r.find("TRACE", "/a"), Found::MethodNotAllowed(_)));
+        match r.find("OPTIONS", "*") {
+            Found::ServerOptions(allow) => assert_eq!(allow, b"GET, HEAD, PURGE, OPTIONS"),
+            _ => panic!("expected the server's Allow"),
+        }
+        assert!(matches!(
+            r.find("CONNECT", "example.com:443"),
+            Found::NotImplemented
+        ));
     }
 }

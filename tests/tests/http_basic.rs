@@ -48,6 +48,55 @@ fn head_404_and_405_with_allow() {
 }
 
 #[test]
+fn unknown_methods_connect_and_options_asterisk() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    // A method RFC 9110 defines but the route lacks: 405. One nobody defines (methods are
+    // case-sensitive, so `get` is one): 501, here and on paths that do not exist.
+    s.write_all(
+        b"PATCH / HTTP/1.1\r\nHost: x\r\n\r\nFOO / HTTP/1.1\r\nHost: x\r\n\r\n\
+          get / HTTP/1.1\r\nHost: x\r\n\r\nFOO /nope HTTP/1.1\r\nHost: x\r\n\r\n\
+          OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n\
+          CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let rs = read_responses(&mut s, 7);
+    let got: Vec<u16> = rs.iter().map(|r| r.status).collect();
+    assert_eq!(got, [405, 501, 501, 501, 200, 501, 200]);
+    assert_eq!(rs[0].header("allow"), Some("GET, HEAD"));
+    // `OPTIONS *` is about the server: every method it serves, no content.
+    let allow: Vec<&str> = rs[4].header("allow").unwrap().split(", ").collect();
+    for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"] {
+        assert!(allow.contains(&m), "{m} missing from {allow:?}");
+    }
+    assert_eq!(rs[4].header("content-length"), Some("0"));
+    // None of these is a reason to close the connection.
+    assert_eq!(rs[6].body, b"Hello, World!");
+}
+
+#[test]
+fn error_answers_to_head_have_no_content() {
+    let srv = Server::start(&["--cpus", "0"]);
+    for req in [
+        "HEAD / HTTP/1.1\r\n\r\n",
+        "HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+    ] {
+        let mut s = srv.connect();
+        let out = exchange_until_close(&mut s, req.as_bytes());
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 4"), "{req:?}: {text}");
+        assert!(text.contains("Connection: close\r\n"), "{req:?}: {text}");
+        assert!(text.contains("Content-Length: "), "{req:?}: {text}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "{req:?}: a body after the head: {text:?}"
+        );
+    }
+}
+
+#[test]
 fn echo_content_length_chunked_and_continue() {
     let srv = Server::start(&["--cpus", "0"]);
     let mut s = srv.connect();

@@ -296,8 +296,16 @@ pub fn write_last_chunk(out: &mut Vec<u8>) {
 
 /// Append the canned response for `err`: its status and standard reason
 /// phrase, `Content-Type: text/plain`, `Content-Length`, `Connection: close`
-/// and `err.reason()` plus LF as body. `server` is omitted if invalid.
-pub fn write_error(out: &mut Vec<u8>, err: Error, date: &[u8; 29], server: &[u8]) {
+/// and `err.reason()` plus LF as body, which an answer to `HEAD` (`head_request`)
+/// leaves out (RFC 9110 §9.3.2; the length stays that of the body a GET would
+/// get). `server` is omitted if invalid.
+pub fn write_error(
+    out: &mut Vec<u8>,
+    err: Error,
+    head_request: bool,
+    date: &[u8; 29],
+    server: &[u8],
+) {
     let reason = err.reason();
     let status = err.status();
     let server = if valid_value(server) { server } else { b"" };
@@ -311,7 +319,7 @@ pub fn write_error(out: &mut Vec<u8>, err: Error, date: &[u8; 29], server: &[u8]
         extra: &[("Content-Type", b"text/plain; charset=utf-8")],
     };
     // Cannot fail: every field above is valid by construction.
-    if write_head(out, &head).is_ok() {
+    if write_head(out, &head).is_ok() && !head_request {
         out.extend_from_slice(reason.as_bytes());
         out.push(b'\n');
     }
@@ -399,7 +407,7 @@ mod tests {
         write_chunk(&mut out, b"abc");
         write_last_chunk(&mut out);
         write_response(&mut out, &head(201, Framing::None), b"body").unwrap();
-        write_error(&mut out, Error::BodyTooLarge, DATE, b"percore");
+        write_error(&mut out, Error::BodyTooLarge, false, DATE, b"percore");
         assert_eq!((out.as_ptr(), out.capacity()), (ptr, cap));
     }
 
@@ -517,7 +525,7 @@ mod tests {
     fn canned_errors_parse_back() {
         for err in ALL_ERRORS {
             let mut out = Vec::new();
-            write_error(&mut out, err, DATE, b"percore");
+            write_error(&mut out, err, false, DATE, b"percore");
             let mut headers = [httparse::EMPTY_HEADER; 8];
             let mut resp = httparse::Response::new(&mut headers);
             let n = match resp.parse(&out) {
