@@ -546,6 +546,35 @@ impl Config {
         }
     }
 
+    /// The fields read only when the process starts (listen addresses, CPUs, the drain timeout,
+    /// the control socket, the admin address, buffer sizes) that differ between `self` and
+    /// `next`: a reload to `next` keeps them as they are until the next (hot) restart.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &next.server);
+        [
+            ("server.listen", a.listen != b.listen),
+            ("server.cpus", a.cpus != b.cpus),
+            ("server.shards", a.shards != b.shards),
+            ("server.drain_timeout", a.drain_timeout != b.drain_timeout),
+            (
+                "server.control_socket",
+                a.control_socket != b.control_socket,
+            ),
+            ("admin.listen", self.admin.listen != next.admin.listen),
+            (
+                "buffers.io_buffer_size",
+                self.buffers.io_buffer_size != next.buffers.io_buffer_size,
+            ),
+            (
+                "buffers.recv_buffers",
+                self.buffers.recv_buffers != next.buffers.recv_buffers,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
     /// Where shards run: `server.cpus`, else `server.shards`, else every allowed CPU.
     pub fn cpu_selection(&self) -> Result<CpuSelection, String> {
         if let Some(list) = &self.server.cpus {

@@ -9,16 +9,21 @@
 //!
 //! The admin API listens on its own address (default 127.0.0.1:9090, never the public listener),
 //! optionally behind a bearer token: `GET /status`, `GET /config`, `GET /metrics` (Prometheus
-//! text), `POST /reload`, `POST /rollback/{n}`, `POST /drain`. One request per connection.
+//! text), `POST /reload`, `POST /rollback/{n}`, `POST /drain`. One request per connection, on a
+//! thread of its own; at most [`MAX_ADMIN_CONNECTIONS`] at once, each with [`ADMIN_DEADLINE`] to
+//! send its request, so that clients which connect and stall cannot take the process's file
+//! descriptors or threads. The token is the one of the config being served: a reload that sets,
+//! rotates or removes it applies at once. Settings read only at start (listen addresses, CPUs,
+//! buffers, the drain timeout, the control socket) are kept by a reload, which says so.
 
 use std::{
     collections::VecDeque,
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     time::{Duration, Instant, SystemTime},
@@ -37,6 +42,42 @@ use crate::{
 pub const KEEP_SNAPSHOTS: usize = 10;
 /// How long a reload waits for every shard to confirm.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; more are answered 503 and closed.
+pub const MAX_ADMIN_CONNECTIONS: usize = 16;
+/// How long an admin client has to send its whole request.
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause of the admin listener after a failed accept (EMFILE: the process is out of file
+/// descriptors), so that it does not spin.
+const ADMIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A config applied to every shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Its generation.
+    pub generation: u64,
+    /// Fields that differ from the config the process started with but are read only at start:
+    /// they take effect at the next (hot) restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation {}", self.generation)?;
+        if !self.restart_required.is_empty() {
+            write!(
+                f,
+                "; {} changed and take{} effect at the next restart (hot restart: SIGUSR2)",
+                self.restart_required.join(", "),
+                if self.restart_required.len() == 1 {
+                    "s"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// What a shard reports to the control plane.
 #[derive(Clone, Debug)]
@@ -111,6 +152,8 @@ impl Overrides {
 
 struct State {
     generation: u64,
+    /// What the process started with: the settings read only at start come from it.
+    started_with: Arc<Config>,
     snapshots: VecDeque<(u64, Arc<Config>, SystemTime)>,
     reloads_ok: u64,
     reloads_failed: u64,
@@ -119,6 +162,9 @@ struct State {
 /// The control plane of one server process.
 pub struct ControlPlane {
     state: Mutex<State>,
+    /// Held through a whole apply (numbering, the shards' confirmations, the snapshot), so that
+    /// concurrent reloads and rollbacks get distinct generations in the order they were served.
+    applying: Mutex<()>,
     path: Option<PathBuf>,
     overrides: Overrides,
     ctl: ControlHandle<Control>,
@@ -140,10 +186,12 @@ impl ControlPlane {
         drain_timeout: Duration,
     ) -> Arc<ControlPlane> {
         let mut snapshots = VecDeque::new();
-        snapshots.push_back((1, initial, SystemTime::now()));
+        snapshots.push_back((1, initial.clone(), SystemTime::now()));
         Arc::new(ControlPlane {
+            applying: Mutex::new(()),
             state: Mutex::new(State {
                 generation: 1,
+                started_with: initial,
                 snapshots,
                 reloads_ok: 0,
                 reloads_failed: 0,
@@ -171,7 +219,7 @@ impl ControlPlane {
 
     /// Re-reads the config file and applies it. A bad file is rejected with its error and the
     /// running config stays.
-    pub fn reload(&self) -> Result<u64, String> {
+    pub fn reload(&self) -> Result<Applied, String> {
         let Some(path) = &self.path else {
             return Err("no config file (started without --config)".into());
         };
@@ -190,7 +238,7 @@ impl ControlPlane {
 
     /// Rolls back to snapshot `generation` (default: the one before the current), as a new
     /// generation.
-    pub fn rollback(&self, generation: Option<u64>) -> Result<u64, String> {
+    pub fn rollback(&self, generation: Option<u64>) -> Result<Applied, String> {
         let cfg = {
             let st = self.lock();
             let target = match generation {
@@ -209,7 +257,8 @@ impl ControlPlane {
     }
 
     /// Sends `cfg` to every shard and waits until each serves it.
-    pub fn apply(&self, cfg: Arc<Config>) -> Result<u64, String> {
+    pub fn apply(&self, cfg: Arc<Config>) -> Result<Applied, String> {
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.lock().generation + 1;
         let (tx, rx) = mpsc::channel();
         self.ctl
@@ -232,13 +281,17 @@ impl ControlPlane {
         let mut st = self.lock();
         st.generation = generation;
         st.reloads_ok += 1;
+        let restart_required = st.started_with.restart_only_changes(&cfg);
         st.snapshots.push_back((generation, cfg, SystemTime::now()));
         while st.snapshots.len() > KEEP_SNAPSHOTS {
             st.snapshots.pop_front();
         }
         drop(st);
         self.broadcast_reload_outcome(true);
-        Ok(generation)
+        Ok(Applied {
+            generation,
+            restart_required,
+        })
     }
 
     fn broadcast_reload_outcome(&self, ok: bool) {
@@ -364,28 +417,84 @@ impl ControlPlane {
 }
 
 /// Serves the admin API on `listener` until the process ends.
-pub fn serve_admin(listener: TcpListener, cp: Arc<ControlPlane>, token: Option<String>) {
+pub fn serve_admin(listener: TcpListener, cp: Arc<ControlPlane>) {
+    let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(_) => {
+                // Out of file descriptors (or a connection that died in the queue): try again
+                // shortly instead of at once.
+                std::thread::sleep(ADMIN_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_ADMIN_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            turn_away(&mut stream);
+            continue;
+        }
         let cp = cp.clone();
-        let token = token.clone();
+        let slot = Slot(active.clone());
         // One short-lived thread per admin request: admin traffic is rare and may wait on a
         // reload, which must not hold up the next scrape.
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("percore-admin".into())
             .spawn(move || {
-                let _ = handle_admin(stream, &cp, token.as_deref());
+                let _slot = slot;
+                let _ = handle_admin(stream, &cp);
             });
+        if spawned.is_err() {
+            std::thread::sleep(ADMIN_ACCEPT_BACKOFF);
+        }
     }
 }
 
-fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// Answers a connection over the cap with 503, on the accept thread, in bounded time: the
+/// request is read (briefly) before the answer and whatever follows is drained after it, so that
+/// the close does not turn into a reset that destroys the answer.
+fn turn_away(s: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let _ = s.set_read_timeout(Some(TURN_AWAY_WAIT));
+    let _ = s.set_write_timeout(Some(TURN_AWAY_WAIT));
+    let _ = s.read(&mut sink);
+    let _ = respond(s, 503, "text/plain", "too many admin connections\n");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + TURN_AWAY_WAIT;
+    while Instant::now() < until && matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// How long the admin listener spends on one connection it turns away, per step.
+const TURN_AWAY_WAIT: Duration = Duration::from_millis(100);
+
+/// One of the [`MAX_ADMIN_CONNECTIONS`] slots, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn handle_admin(mut s: TcpStream, cp: &ControlPlane) -> std::io::Result<()> {
+    let deadline = Instant::now() + ADMIN_DEADLINE;
+    s.set_write_timeout(Some(ADMIN_DEADLINE))?;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let limits = http::Limits::default();
     let (method, path, auth) = loop {
-        let n = s.read(&mut chunk)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return respond(&mut s, 408, "text/plain", "request timeout\n");
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return respond(&mut s, 408, "text/plain", "request timeout\n");
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -402,7 +511,9 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std
             Err(e) => return respond(&mut s, e.status(), "text/plain", e.reason()),
         }
     };
-    if let Some(t) = token {
+    // The token of the config being served: a reload that changes it applies to the next request.
+    let (_, cfg) = cp.current();
+    if let Some(t) = &cfg.admin.token {
         let expected = format!("Bearer {t}");
         if auth.as_deref() != Some(expected.as_str()) {
             return respond(&mut s, 401, "text/plain", "admin token required\n");
@@ -447,17 +558,28 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane, token: Option<&str>) -> std
 /// Answers a reload or rollback: the new generation, or `err_status` with the reason.
 fn answer_generation(
     s: &mut TcpStream,
-    r: Result<u64, String>,
+    r: Result<Applied, String>,
     err_status: u16,
     what: &str,
 ) -> std::io::Result<()> {
     match r {
-        Ok(g) => respond(
-            s,
-            200,
-            "application/json",
-            &format!("{{\"generation\":{g}}}"),
-        ),
+        Ok(a) => {
+            let fields: Vec<String> = a
+                .restart_required
+                .iter()
+                .map(|f| format!("\"{f}\""))
+                .collect();
+            respond(
+                s,
+                200,
+                "application/json",
+                &format!(
+                    "{{\"generation\":{},\"restart_required\":[{}]}}",
+                    a.generation,
+                    fields.join(",")
+                ),
+            )
+        }
         Err(e) => respond(
             s,
             err_status,
@@ -540,7 +662,7 @@ pub fn watch_config(path: PathBuf, cp: Arc<ControlPlane>) {
             }
             last = now;
             match cp.reload() {
-                Ok(g) => eprintln!("percore: config file changed, reloaded (generation {g})"),
+                Ok(a) => eprintln!("percore: config file changed, reloaded ({a})"),
                 Err(e) => eprintln!("percore: config file changed but was rejected, the running config stays: {e}"),
             }
         }

@@ -497,13 +497,12 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Ok(l) => {
             println!("percore: admin on http://{}", l.local_addr()?);
             let cp = cp.clone();
-            let token = cfg.admin.token.clone();
             std::thread::Builder::new()
                 .name("percore-admin".into())
-                .spawn(move || crate::control::serve_admin(l, cp, token))?;
+                .spawn(move || crate::control::serve_admin(l, cp))?;
         }
         Err(e) if args.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => {
-            let (addr, cp, token) = (cfg.admin.listen, cp.clone(), cfg.admin.token.clone());
+            let (addr, cp) = (cfg.admin.listen, cp.clone());
             let give_up = Instant::now() + drain_timeout + Duration::from_secs(10);
             std::thread::Builder::new()
                 .name("percore-admin".into())
@@ -511,7 +510,7 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                     while Instant::now() < give_up {
                         if let Ok(l) = std::net::TcpListener::bind(addr) {
                             eprintln!("percore: admin on http://{addr}");
-                            crate::control::serve_admin(l, cp, token);
+                            crate::control::serve_admin(l, cp);
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(100));
@@ -550,7 +549,7 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             for sig in signals.forever() {
                 if sig == signal_hook::consts::SIGHUP {
                     match cp.reload() {
-                        Ok(g) => eprintln!("percore: config reloaded (generation {g})"),
+                        Ok(a) => eprintln!("percore: config reloaded ({a})"),
                         Err(e) => eprintln!("percore: reload rejected, the running config stays: {e}"),
                     }
                     continue;

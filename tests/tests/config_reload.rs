@@ -201,6 +201,30 @@ fn the_admin_api_refuses_requests_without_the_token() {
     assert_eq!(admin(&srv, "GET", "/status", Some("s3cret")).status, 200);
     let cfg = String::from_utf8(admin(&srv, "GET", "/config", Some("s3cret")).body).unwrap();
     assert!(!cfg.contains("s3cret"), "the token is redacted: {cfg}");
+    // A reload rotates the token at once; a changed listen address is kept until a restart,
+    // and the answer says so.
+    let rotated = config("one", "token = \"n3w\"").replace("127.0.0.1:0\"]", "127.0.0.1:1\"]");
+    std::fs::write(&f, rotated).unwrap();
+    // The file watcher may apply the file before this request does: then the new token rules.
+    let r = admin(&srv, "POST", "/reload", Some("s3cret"));
+    let r = if r.status == 401 {
+        admin(&srv, "POST", "/reload", Some("n3w"))
+    } else {
+        r
+    };
+    let body = String::from_utf8(r.body).unwrap();
+    assert_eq!(r.status, 200, "{body}");
+    assert!(
+        body.contains("\"restart_required\":[\"server.listen\"]"),
+        "{body}"
+    );
+    assert_eq!(admin(&srv, "GET", "/status", Some("s3cret")).status, 401);
+    assert_eq!(admin(&srv, "GET", "/status", Some("n3w")).status, 200);
+    assert_eq!(
+        request(srv.addr, GET_V).body,
+        b"one",
+        "still serving on the first address"
+    );
     // The admin routes are not on the public listener.
     assert_eq!(
         request(
@@ -210,6 +234,65 @@ fn the_admin_api_refuses_requests_without_the_token() {
         .status,
         404
     );
+}
+
+#[test]
+fn concurrent_reloads_get_distinct_generations() {
+    let dir = temp_dir("concurrent-reloads");
+    let f = dir.join("percore.toml");
+    std::fs::write(&f, config("one", "")).unwrap();
+    let srv = start_two_shards(&f);
+    let gens: Vec<u64> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let srv = &srv;
+                sc.spawn(move || {
+                    let path = if i % 2 == 0 { "/reload" } else { "/rollback/1" };
+                    let r = admin(srv, "POST", path, None);
+                    let body = String::from_utf8(r.body).unwrap();
+                    assert_eq!(r.status, 200, "{path}: {body}");
+                    let i = body.find("\"generation\":").unwrap() + 13;
+                    body[i..]
+                        .split([',', '}'])
+                        .next()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = gens.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 8, "generations handed out twice: {gens:?}");
+    assert_eq!(generation(&srv), *sorted.last().unwrap());
+}
+
+#[test]
+fn the_admin_api_serves_a_bounded_number_of_connections() {
+    let srv = Server::start(&["--cpus", "0", "--admin", "127.0.0.1:0"]);
+    // Clients that connect and send nothing hold a slot each, up to the cap ...
+    let idle: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(srv.admin.unwrap()).unwrap())
+        .collect();
+    // ... and the next one is turned away at once instead of costing a thread and a descriptor.
+    assert_eq!(admin(&srv, "GET", "/status", None).status, 503);
+    // The public listener is not affected.
+    assert_eq!(
+        request(
+            srv.addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        200
+    );
+    drop(idle);
+    // Their threads see the close and give their slots back.
+    wait_until("an admin slot comes free", || {
+        admin(&srv, "GET", "/status", None).status == 200
+    });
 }
 
 #[test]
