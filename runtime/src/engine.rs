@@ -1680,6 +1680,20 @@ impl Acceptor {
         self.stop_with(false);
     }
 
+    /// Stops accepting and stops the socket listening: `shutdown(2)` on a listening socket
+    /// takes it out of its SO_REUSEPORT group, so that new connections are refused at once
+    /// instead of waiting in an accept queue nobody reads until the process exits, and resets
+    /// those already waiting there. It acts on the socket, not the descriptor: every copy (the
+    /// listener table's, one sent to a hot-restart successor) stops listening, so this is for a
+    /// process that is shutting down, never for a handoff.
+    pub fn stop_listening(&self) {
+        self.stop_with(false);
+        let st = self.eng.st.borrow();
+        if let Some(l) = st.listeners.get(self.key) {
+            let _ = socket2::SockRef::from(&l.fd).shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     fn stop_with(&self, dropping: bool) {
         let armed = {
             let mut st = self.eng.st.borrow_mut();

@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// config's `server.drain_timeout`, 30 s).
     #[arg(long, value_name = "SECS")]
     pub drain_timeout: Option<u64>,
+    /// How long a drain (SIGTERM) keeps accepting new connections before it refuses them (e.g.
+    /// `1s`, `0s`; default: the config's `server.drain_accept`, 1 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_accept: Option<std::time::Duration>,
     /// Config file (TOML); without one the embedded defaults apply.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,

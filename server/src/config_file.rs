@@ -47,6 +47,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Default time a graceful drain waits for in-flight requests.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `server.drain_accept`.
+pub const DEFAULT_DRAIN_ACCEPT: Duration = Duration::from_secs(1);
 /// Default `Server` header value.
 pub const DEFAULT_SERVER_NAME: &str = "percore";
 /// Default size of one I/O buffer (provided receive buffer and pooled connection buffer).
@@ -109,6 +111,11 @@ pub struct ServerSection {
     /// closing connections, as a duration string (`"30s"`, `"500ms"`). Default `"30s"`.
     #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    /// How long a drain (SIGTERM, not a hot restart) keeps accepting new connections, which get
+    /// `Connection: close` while `/readyz` says 503; after it the listening sockets stop
+    /// listening and new connections are refused. `"0s"` stops at once. Default `"1s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_accept: Duration,
     /// Unix socket path the process listens on for a hot restart handoff (the new process
     /// connects here to take over the listening sockets). Default: unset (no hot restart).
     pub control_socket: Option<PathBuf>,
@@ -123,6 +130,7 @@ impl Default for ServerSection {
             cpus: None,
             shards: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_accept: DEFAULT_DRAIN_ACCEPT,
             control_socket: None,
             server_name: DEFAULT_SERVER_NAME.to_string(),
         }
@@ -556,6 +564,7 @@ impl Config {
             ("server.cpus", a.cpus != b.cpus),
             ("server.shards", a.shards != b.shards),
             ("server.drain_timeout", a.drain_timeout != b.drain_timeout),
+            ("server.drain_accept", a.drain_accept != b.drain_accept),
             (
                 "server.control_socket",
                 a.control_socket != b.control_socket,
@@ -640,6 +649,7 @@ fn check_server(s: &ServerSection) -> Result<(), Issue> {
         ));
     }
     check_duration("server.drain_timeout", s.drain_timeout, true)?;
+    check_duration("server.drain_accept", s.drain_accept, true)?;
     if let Some(p) = &s.control_socket {
         let len = p.as_os_str().len();
         if len == 0 {
@@ -1173,6 +1183,11 @@ impl Config {
             o,
             "drain_timeout = {}",
             toml_str(&format_duration(s.drain_timeout))
+        );
+        let _ = writeln!(
+            o,
+            "drain_accept = {}",
+            toml_str(&format_duration(s.drain_accept))
         );
         match &s.control_socket {
             Some(p) => {

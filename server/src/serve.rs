@@ -2,7 +2,8 @@
 //! until a signal says to stop.
 //!
 //! The lifecycle: Setup (parse, check the system) → Bootstrap (bind, start shards) → Running →
-//! Draining (SIGTERM/SIGINT: stop accepting, `/readyz` answers 503, idle connections close,
+//! Draining (SIGTERM/SIGINT: `/readyz` answers 503, idle connections close, new connections are
+//! accepted for `server.drain_accept` (1 s) and answered with `Connection: close`, then refused;
 //! in-flight requests finish until the drain deadline) → Stopped (exit 0). A second SIGINT exits
 //! at once.
 
@@ -104,6 +105,8 @@ pub struct ServeOptions {
     pub file: Arc<Config>,
     /// Drain deadline on SIGTERM.
     pub drain_timeout: Duration,
+    /// How long a drain keeps accepting (see [`Config`]'s `server.drain_accept`).
+    pub drain_accept: Duration,
 }
 
 impl Default for ServeOptions {
@@ -116,6 +119,7 @@ impl Default for ServeOptions {
             config: ServerConfig::default(),
             file: Arc::new(Config::default()),
             drain_timeout: DRAIN_TIMEOUT,
+            drain_accept: crate::config_file::DEFAULT_DRAIN_ACCEPT,
         }
     }
 }
@@ -187,6 +191,7 @@ pub fn start_on(
     let config = opts.config.clone();
     let routes = opts.routes.clone();
     let file = opts.file.clone();
+    let drain_accept = opts.drain_accept;
     let rt = builder.spawn(table, move |mut shard: percore_runtime::Shard<Control>| {
         let mesh_cfg = mesh_cfg.clone();
         let mutex_kv = mutex_kv.clone();
@@ -291,9 +296,10 @@ pub fn start_on(
                     });
                 }
                 Control::Drain { deadline, handoff } => {
-                    // Keep accepting while draining: new connections are answered with
-                    // `Connection: close` and `/readyz` says 503, so a load balancer that has
-                    // not noticed yet gets answers, not a full accept queue.
+                    // A hot restart's successor accepts from now on. A plain drain keeps
+                    // accepting for a moment (new connections get `Connection: close`,
+                    // `/readyz` says 503), so that a load balancer that has not noticed yet
+                    // gets answers rather than refusals.
                     let engine = engine.clone();
                     let done = done_tx.clone();
                     let acceptors = acceptors.clone();
@@ -301,6 +307,18 @@ pub fn start_on(
                         for a in &acceptors {
                             a.stop();
                         }
+                    } else {
+                        let acceptors = acceptors.clone();
+                        let grace = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(drain_accept);
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(grace).await;
+                            for a in &acceptors {
+                                a.stop_listening();
+                            }
+                        })
+                        .detach();
                     }
                     glommio::spawn_local(async move {
                         let r = engine.drain(&[], deadline, DRAIN_IDLE_GRACE).await;
@@ -349,6 +367,9 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(secs) = args.drain_timeout {
         cfg.server.drain_timeout = Duration::from_secs(secs);
     }
+    if let Some(d) = args.drain_accept {
+        cfg.server.drain_accept = d;
+    }
     if args.check {
         let origin = args
             .config
@@ -364,6 +385,7 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         cpus: cfg.cpu_selection()?,
         config: cfg.server_config(),
         drain_timeout: cfg.server.drain_timeout,
+        drain_accept: cfg.server.drain_accept,
         ..ServeOptions::default()
     };
     if args.idle_spin_us > 0 {

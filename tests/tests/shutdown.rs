@@ -19,7 +19,16 @@ fn accepted_before(srv: &Server) {
 
 #[test]
 fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
-    let mut srv = Server::start(&["--cpus", "0", "--drain-timeout", "20"]);
+    // The drain accepts new connections for as long as it lasts (`--drain-accept` beyond the
+    // deadline), so the probe below is answered however long the steps before it take.
+    let mut srv = Server::start(&[
+        "--cpus",
+        "0",
+        "--drain-timeout",
+        "20",
+        "--drain-accept",
+        "60s",
+    ]);
     // An idle keep-alive connection (served once) and a request whose body is half sent.
     let mut idle = srv.connect();
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -69,4 +78,96 @@ fn drain_deadline_force_closes_and_still_exits_zero() {
     assert_eq!(status.code(), Some(0));
     let err = srv.stderr_text();
     assert!(err.contains("force-closed 1 of"), "{err}");
+}
+
+/// One client that sends `GET /` in a loop, reconnecting when the server closes (as every
+/// answer during a drain asks), until a connection is refused. Returns (answered, refused).
+fn client_until_refused(
+    addr: std::net::SocketAddr,
+    started: std::sync::mpsc::Sender<()>,
+) -> (u64, bool) {
+    let mut answered = 0u64;
+    let mut started = Some(started);
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < give_up {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return (answered, true);
+        };
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        loop {
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+                break;
+            }
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // One response: the head, then Content-Length bytes of body.
+            let done = loop {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let field = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                    };
+                    let len: usize = field("content-length:").unwrap().parse().unwrap();
+                    if buf.len() >= end + 4 + len {
+                        break Some(field("connection:").as_deref() == Some("close"));
+                    }
+                }
+            };
+            match done {
+                Some(close) => {
+                    answered += 1;
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                    if close {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+    (answered, false)
+}
+
+#[test]
+fn a_drain_under_steady_reconnecting_load_stops_accepting_and_ends_before_its_deadline() {
+    // Clients that reconnect as soon as an answer says `Connection: close` would keep a drain
+    // that never stops accepting busy until its deadline, which then cuts off the requests in
+    // flight. After `--drain-accept` (default 1 s) new connections are refused instead.
+    // Enough clients that some connection is always open while they reconnect.
+    const CLIENTS: usize = 32;
+    let mut srv = Server::start(&["--cpus", "0", "--drain-timeout", "20"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (addr, tx) = (srv.addr, tx.clone());
+            std::thread::spawn(move || client_until_refused(addr, tx))
+        })
+        .collect();
+    drop(tx);
+    for _ in 0..CLIENTS {
+        rx.recv().unwrap(); // every client has been answered once: the load is on
+    }
+    srv.signal(libc::SIGTERM);
+    let status = srv.child.wait().unwrap();
+    let err = srv.stderr_text();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("force-closed"),
+        "the drain ran to its deadline: {err}"
+    );
+    for c in clients {
+        let (answered, refused) = c.join().unwrap();
+        assert!(
+            answered > 0 && refused,
+            "answered {answered}, refused {refused}"
+        );
+    }
 }
