@@ -555,13 +555,24 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // Hands the sockets to a successor that connects to the control socket.
     let can_upgrade = handoff_server.is_some();
+    let upgrade = Arc::new(UpgradeState::default());
     if let Some(handoff_server) = handoff_server {
         let ctl = ctl.clone();
         let draining = draining.clone();
         let table = server.listeners().clone();
+        let upgrade = upgrade.clone();
         std::thread::Builder::new()
             .name("percore-handoff".into())
-            .spawn(move || serve_handoffs(handoff_server, table, ctl, draining, drain_timeout))?;
+            .spawn(move || {
+                serve_handoffs(
+                    handoff_server,
+                    table,
+                    ctl,
+                    draining,
+                    drain_timeout,
+                    &upgrade,
+                )
+            })?;
     }
     {
         let args = std::env::args_os().collect::<Vec<_>>();
@@ -581,6 +592,8 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                         eprintln!("percore: hot restart unavailable (no control socket); SIGUSR2 ignored");
                     } else if draining.load(Ordering::SeqCst) {
                         eprintln!("percore: draining; upgrade ignored");
+                    } else if !upgrade.begin() {
+                        eprintln!("percore: a successor is already starting; SIGUSR2 ignored");
                     } else {
                         spawn_successor(&args);
                     }
@@ -605,6 +618,41 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// How long a successor waits to receive the sockets, and the old process for its READY.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after starting a successor this process waits for it to connect before another
+/// SIGUSR2 may start one (one that fails early, on a bad config, never connects).
+pub const SUCCESSOR_CONNECT_WINDOW: Duration = Duration::from_secs(5);
+
+/// Whether a hot restart is under way: a successor was started and has not connected yet (for
+/// up to [`SUCCESSOR_CONNECT_WINDOW`]), or one is taking the sockets over. A second SIGUSR2
+/// meanwhile is ignored rather than starting a second successor that can only fail.
+#[derive(Default)]
+struct UpgradeState(std::sync::Mutex<Option<(Instant, bool)>>);
+
+impl UpgradeState {
+    /// Marks a successor started; false if one is under way.
+    fn begin(&self) -> bool {
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = match *st {
+            Some((_, true)) => true,
+            Some((at, false)) => at.elapsed() < SUCCESSOR_CONNECT_WINDOW,
+            None => false,
+        };
+        if !busy {
+            *st = Some((Instant::now(), false));
+        }
+        !busy
+    }
+
+    /// A successor connected: a handoff is in progress until [`UpgradeState::end`].
+    fn handing_over(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), true));
+    }
+
+    /// The handoff ended (the successor failed, or took over).
+    fn end(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 
 /// Answers successors on the control socket: sends them the listening sockets, waits for READY,
 /// then drains this process. A successor that fails leaves this process serving.
@@ -614,6 +662,7 @@ fn serve_handoffs(
     ctl: ControlHandle<Control>,
     draining: Arc<AtomicBool>,
     drain_timeout: Duration,
+    upgrade: &UpgradeState,
 ) {
     loop {
         let req = match hs.accept(None) {
@@ -628,14 +677,18 @@ fn serve_handoffs(
             continue;
         }
         let pid = req.pid();
+        upgrade.handing_over();
         let mut successor = match req.send(&table, 0) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("percore: handoff to pid {pid} failed: {e}; still serving");
+                upgrade.end();
                 continue;
             }
         };
-        match successor.wait_ready(HANDOFF_TIMEOUT) {
+        let outcome = successor.wait_ready(HANDOFF_TIMEOUT);
+        upgrade.end();
+        match outcome {
             Ok(pid) => {
                 if draining.swap(true, Ordering::SeqCst) {
                     continue;

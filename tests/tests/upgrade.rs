@@ -244,3 +244,77 @@ fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
     );
     assert!(alive(old));
 }
+
+#[test]
+fn a_second_sigusr2_during_an_upgrade_is_ignored() {
+    use std::io::BufRead;
+    let dir = temp_dir("upgrade-twice");
+    let pid_file = dir.join("percore.pid");
+    let ctl = dir.join("control.sock");
+    let mut srv = Server::start(&[
+        "--cpus",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--control-socket",
+        ctl.to_str().unwrap(),
+    ]);
+    let old = read_pid(&pid_file).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = srv.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
+            buf.clear();
+        }
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+    // Once the first signal started a successor (two signals sent at once would merge into one),
+    // a second one is ignored, whether it comes before the handover or during the drain after it.
+    let mut seen = Vec::new();
+    let mut resent = false;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("took over; draining") && resent => break,
+            Ok(l) => {
+                if l.contains("starting successor") && !resent {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+                    resent = true;
+                }
+                seen.push(l);
+            }
+            Err(e) => panic!("no handover ({e}): {seen:#?}"),
+        }
+    }
+    // The second signal's line may come just after the handover's.
+    while !seen.iter().any(|l| l.contains("ignored")) {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("the second SIGUSR2 was not reported ({e}): {seen:#?}"),
+        }
+    }
+    let started = seen
+        .iter()
+        .filter(|l| l.contains("starting successor"))
+        .count();
+    assert_eq!(started, 1, "{seen:#?}");
+    assert!(seen.iter().any(|l| l.contains("ignored")), "{seen:#?}");
+    let new = read_pid(&pid_file).unwrap();
+    assert_ne!(new, old);
+    // SAFETY: the successor is not our child; stop it.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    wait_for("the successor to exit", Duration::from_secs(40), || {
+        !alive(new)
+    });
+    wait_for("the old server to exit", Duration::from_secs(40), || {
+        !alive(old)
+    });
+}
