@@ -328,7 +328,7 @@ impl ControlPlane {
                 r.engine.recv_buffers_in_use as f64,
             );
             m.gauge("open_connections", &[], r.engine.open as f64);
-            m.gauge("accept_errors", &[], r.engine.accept_errors as f64);
+            m.gauge("accept_errors_total", &[], r.engine.accept_errors as f64);
             m.gauge("mesh_pending_calls", &[], r.mesh_pending as f64);
             m.gauge("config_generation", &[], r.generation as f64);
             m.gauge("connection_tasks", &[], r.connection_tasks as f64);

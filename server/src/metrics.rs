@@ -483,6 +483,32 @@ fn metric_name(name: &str) -> String {
     }
 }
 
+/// The type and help text of a per-shard sample family the control plane adds; a family a handler
+/// adds that is not listed here is a gauge.
+fn describe(family: &str) -> (&'static str, &'static str) {
+    match family.strip_prefix("percore_").unwrap_or(family) {
+        "buffer_pool_in_use" => ("gauge", "Pooled connection buffers in use, per shard."),
+        "buffer_pool_free" => ("gauge", "Pooled connection buffers free, per shard."),
+        "recv_buffers_in_use" => (
+            "gauge",
+            "Provided receive buffers held by connections (not in the kernel's ring), per shard.",
+        ),
+        "open_connections" => ("gauge", "Open connections, per shard."),
+        "accept_errors_total" => (
+            "counter",
+            "Failed accepts (EMFILE, ENFILE, ENOBUFS, ...), per shard, since the process started.",
+        ),
+        "mesh_pending_calls" => (
+            "gauge",
+            "Calls to other shards waiting for their reply, per shard.",
+        ),
+        "config_generation" => ("gauge", "Config generation each shard serves."),
+        "connection_tasks" => ("gauge", "Live connection tasks, per shard."),
+        "oldest_connection_seconds" => ("gauge", "Age of the oldest open connection, per shard."),
+        _ => ("gauge", "Per-shard gauge."),
+    }
+}
+
 /// A label name made valid (`[a-zA-Z_][a-zA-Z0-9_]*`).
 fn label_name(name: &str) -> String {
     let mut clean: String = name
@@ -750,7 +776,8 @@ pub fn render_prometheus(merged: &MetricsSnapshot, per_shard: &[MetricsSnapshot]
         }
     }
     for family in &names {
-        header(&mut o, family, "gauge", "Per-shard gauge.");
+        let (kind, help) = describe(family);
+        header(&mut o, family, kind, help);
         for s in per_shard {
             let shard = s.shard.to_string();
             for (name, extra, v) in &s.gauges {

@@ -346,6 +346,19 @@ fn metrics_parse_and_count_the_requests_sent() {
         text.contains("percore_request_duration_seconds_bucket"),
         "{text}"
     );
+    // A cumulative count is a counter (so that `rate()` works on it), with its own help text.
+    assert!(
+        text.contains("# TYPE percore_accept_errors_total counter\n"),
+        "{text}"
+    );
+    let generic = text
+        .lines()
+        .filter(|l| l.ends_with("Per-shard gauge."))
+        .count();
+    assert_eq!(
+        generic, 0,
+        "families without a help text of their own: {text}"
+    );
 }
 
 /// Runs percore-bench against `srv` and returns the admitted (200) rate.
