@@ -242,11 +242,19 @@ fn run_cli(args: &RunArgs) -> i32 {
         json: args.json.clone(),
         svg: None,
     };
-    match write_reports(&results, &paths) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("percore-bench: {e}");
-            EXIT_FAILURE
-        }
+    if let Err(e) = write_reports(&results, &paths) {
+        eprintln!("percore-bench: {e}");
+        return EXIT_FAILURE;
     }
+    // A run that got not a single response measured nothing: say so in the exit status, so
+    // that a script does not take a dead target's empty report for a result.
+    if results.requests == 0 {
+        eprintln!(
+            "percore-bench: no response in the measured window ({} errors: {})",
+            results.errors.total(),
+            results.errors.describe()
+        );
+        return EXIT_FAILURE;
+    }
+    0
 }

@@ -113,6 +113,21 @@ fn run_writes_reports_that_report_merge_and_plot_read_back() {
 }
 
 #[test]
+fn a_run_without_a_single_response_fails() {
+    // A port nobody listens on: every connect is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let out = run(&["-c", "2", "-d", "300ms", "--warmup", "0", "--quiet", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no response"), "{err}");
+}
+
+#[test]
 fn bad_arguments_exit_2_with_one_line() {
     let many = (std::thread::available_parallelism().unwrap().get() + 1).to_string();
     let threads = format!("-t{many}");
