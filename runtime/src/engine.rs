@@ -743,11 +743,17 @@ impl Engine {
         n
     }
 
-    /// Waits until no connection is open (every slot freed).
+    /// Waits until no connection is open (every slot freed) and no stopped listener can still
+    /// produce one: its multishot accept has ended (a connection the kernel accepted while the
+    /// cancel was in flight is served, not left to be reset when the process exits).
     pub async fn all_closed(&self) {
         poll_fn(|cx| {
             let mut st = self.inner.st.borrow_mut();
-            if st.conns.is_empty() {
+            let settled = st
+                .listeners
+                .iter()
+                .all(|(_, l)| !l.stopped || (!l.armed && l.queue.is_empty()));
+            if st.conns.is_empty() && settled {
                 Poll::Ready(())
             } else {
                 st.on_empty = Some(cx.waker().clone());
@@ -1302,6 +1308,12 @@ impl Inner {
             w.wake();
         }
         let rearm = !l.armed && !l.stopped && l.error.is_none();
+        if l.stopped && !l.armed {
+            // A drain waiting in `all_closed` looks again.
+            if let Some(w) = st.on_empty.take() {
+                w.wake();
+            }
+        }
         drop(st);
         if rearm {
             self.arm_accept(key);
@@ -1619,7 +1631,8 @@ impl Acceptor {
     }
 
     /// Waits for the next connection. After EMFILE/ENFILE it backs off for [`ACCEPT_BACKOFF`] and
-    /// re-arms, without spinning. Returns `Err(Closed)` once [`Acceptor::stop`] was called.
+    /// re-arms, without spinning. Returns `Err(Closed)` once [`Acceptor::stop`] was called and
+    /// the multishot accept has ended (every connection the kernel accepted before that returned).
     pub async fn accept(&self) -> Result<Conn> {
         loop {
             let got = poll_fn(|cx| {
@@ -1631,7 +1644,7 @@ impl Acceptor {
                 if let Some(fd) = l.queue.pop_front() {
                     return Poll::Ready(Ok(fd));
                 }
-                if l.stopped {
+                if l.stopped && !l.armed {
                     return Poll::Ready(Err(None));
                 }
                 if let Some(e) = l.error.take() {

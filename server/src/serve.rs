@@ -325,6 +325,11 @@ pub fn start_on(
                         for a in &acceptors {
                             a.stop();
                         }
+                        // A connection the kernel accepted while the stop was on its way is
+                        // served (with `Connection: close`) before the process exits, not reset.
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        futures_lite::future::or(engine.all_closed(), glommio::timer::sleep(left))
+                            .await;
                         if r.force_closed > 0 {
                             eprintln!(
                                 "percore: shard {id}: drain deadline passed, force-closed {} of {} connections",
