@@ -130,6 +130,14 @@ pub struct HandoffServer {
 }
 
 impl HandoffServer {
+    /// A handle that removes this server's socket file when it drops (see [`SocketFile`]).
+    pub fn socket_file(&self) -> SocketFile {
+        SocketFile {
+            path: self.path.clone(),
+            id: self.id,
+        }
+    }
+
     /// Takes over the control socket at `path` from the process that handed us its sockets: binds
     /// a fresh socket next to it and renames it over `path` (atomic), so the predecessor's socket
     /// file is replaced while it drains (its `Drop` sees a different inode and leaves ours alone).
@@ -275,11 +283,31 @@ impl AsFd for HandoffServer {
 
 impl Drop for HandoffServer {
     fn drop(&mut self) {
-        if let Ok(meta) = fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.id {
-                let _ = fs::remove_file(&self.path);
-            }
+        remove_if_same(&self.path, self.id);
+    }
+}
+
+/// Removes `path` if it is still the file `id` names (not one a successor put there since).
+fn remove_if_same(path: &Path, id: (u64, u64)) {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if (meta.dev(), meta.ino()) == id {
+            let _ = fs::remove_file(path);
         }
+    }
+}
+
+/// The socket file of a [`HandoffServer`], removed when this drops if it is still that server's
+/// (a successor's `bind_replacing` puts another file there): for the process that keeps it until
+/// it exits while the server itself waits for successors on a thread that is never joined.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        remove_if_same(&self.path, self.id);
     }
 }
 

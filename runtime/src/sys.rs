@@ -47,6 +47,31 @@ pub fn check_system() -> Result<()> {
     Ok(())
 }
 
+/// The soft limits that matter to a server, for its start-up log line: `RLIMIT_MEMLOCK` (glommio's
+/// rings) and `RLIMIT_NOFILE` (one descriptor per connection), e.g. `memlock 8192 KiB, nofile
+/// 20000`.
+pub fn limits_summary() -> String {
+    let soft = |resource| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+        let rc = unsafe { libc::getrlimit(resource, &mut lim) };
+        (rc == 0).then_some(lim.rlim_cur)
+    };
+    let show = |v: Option<u64>, unit: u64, suffix: &str| match v {
+        None => "unknown".to_string(),
+        Some(libc::RLIM_INFINITY) => "unlimited".to_string(),
+        Some(v) => format!("{}{suffix}", v / unit),
+    };
+    format!(
+        "memlock {}, nofile {}",
+        show(soft(libc::RLIMIT_MEMLOCK), 1024, " KiB"),
+        show(soft(libc::RLIMIT_NOFILE), 1, "")
+    )
+}
+
 fn parse_release(s: &str) -> Option<(u32, u32)> {
     let mut it = s.split(|c: char| !c.is_ascii_digit());
     let maj = it.next()?.parse().ok()?;

@@ -494,6 +494,11 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut cpus = server.cpus().to_vec();
     cpus.sort_unstable();
+    eprintln!(
+        "percore: pid {}, {}",
+        std::process::id(),
+        percore_runtime::sys::limits_summary()
+    );
     for addr in server.addrs() {
         println!(
             "percore: listening on http://{addr} ({} shard{} on cpus {})",
@@ -558,6 +563,8 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.config {
         crate::control::watch_config(path.clone(), cp.clone());
     }
+    // Removed at a clean exit, unless a successor has replaced it.
+    let _control_file = handoff_server.as_ref().map(|h| h.socket_file());
     // Hands the sockets to a successor that connects to the control socket.
     let can_upgrade = handoff_server.is_some();
     let upgrade = Arc::new(UpgradeState::default());
@@ -617,6 +624,13 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         })?;
     }
     server.wait()?;
+    // The pid file names this process until a successor writes its own: remove it only then, so
+    // that a later `kill -USR2 $(cat PIDFILE)` cannot reach a recycled pid.
+    if let Some(p) = &args.pid_file
+        && std::fs::read_to_string(p).is_ok_and(|s| s.trim() == std::process::id().to_string())
+    {
+        let _ = std::fs::remove_file(p);
+    }
     eprintln!("percore: stopped");
     Ok(())
 }

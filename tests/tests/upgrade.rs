@@ -309,12 +309,18 @@ fn a_second_sigusr2_during_an_upgrade_is_ignored() {
     assert!(seen.iter().any(|l| l.contains("ignored")), "{seen:#?}");
     let new = read_pid(&pid_file).unwrap();
     assert_ne!(new, old);
+    // The old process leaves the pid file and the control socket to its successor ...
+    wait_for("the old server to exit", Duration::from_secs(40), || {
+        !alive(old)
+    });
+    assert_eq!(read_pid(&pid_file), Some(new));
+    assert!(ctl.exists(), "the successor's control socket");
     // SAFETY: the successor is not our child; stop it.
     unsafe { libc::kill(new as i32, libc::SIGTERM) };
     wait_for("the successor to exit", Duration::from_secs(40), || {
         !alive(new)
     });
-    wait_for("the old server to exit", Duration::from_secs(40), || {
-        !alive(old)
-    });
+    // ... which removes both when it stops without a successor of its own.
+    assert!(!pid_file.exists(), "a stale pid file");
+    assert!(!ctl.exists(), "a stale control socket");
 }
