@@ -7,7 +7,9 @@
 //! shard nothing but a relaxed counter store per driver turn ([`beat`]):
 //!
 //! - one watchdog thread per runtime wakes every `threshold / 2` and reads, for each shard, the
-//!   beat counter and the shard thread's CPU clock (`pthread_getcpuclockid`);
+//!   beat counter and the shard thread's CPU clock (`pthread_getcpuclockid`); while every shard
+//!   sleeps it wakes only every [`IDLE_TICK`] (an idle server is not woken 200 times a second; a
+//!   stall that begins then is reported up to that much later);
 //! - a shard whose counter has not moved while its thread consumed `threshold` of CPU time is
 //!   stalled: a task is holding it (a shard that sleeps in its reactor consumes no CPU, so an idle
 //!   shard is never reported);
@@ -164,14 +166,20 @@ struct Seen {
 /// stall.
 const START_GRACE: Duration = Duration::from_secs(1);
 
+/// The watchdog's tick while every shard is idle.
+pub const IDLE_TICK: Duration = Duration::from_millis(50);
+
 fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &AtomicU64) {
     // Half the threshold: a stall is reported 1 to 1.5 thresholds in, and the thread wakes 200
     // times a second at the default 10 ms (it shares the CPU of a pinned shard).
     let tick = (threshold / 2).max(Duration::from_millis(1));
     let mut seen = vec![Seen::default(); slots.len()];
     let mut last = std::time::Instant::now();
+    let mut next = tick;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::park_timeout(tick);
+        std::thread::park_timeout(next);
+        // Back to the short tick as soon as any shard used a noticeable share of its CPU.
+        let mut busy = false;
         let now = std::time::Instant::now();
         let wall = now - last;
         last = now;
@@ -187,6 +195,7 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
             let beat = slot.beat.load(Ordering::Relaxed);
             let ran = cpu.saturating_sub(seen.cpu);
             seen.cpu = cpu;
+            busy |= ran * 16 >= wall;
             if now.duration_since(*seen.since.get_or_insert(now)) < START_GRACE {
                 seen.beat = beat;
                 continue;
@@ -213,6 +222,7 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
                 stalls.fetch_add(1, Ordering::Relaxed);
             }
         }
+        next = if busy { tick } else { IDLE_TICK.max(tick) };
     }
 }
 
