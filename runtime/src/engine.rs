@@ -1299,7 +1299,9 @@ impl Inner {
             } else {
                 l.queue.push_back(res);
             }
-        } else if res != -libc::ECANCELED {
+        } else if res != -libc::ECANCELED && !l.stopped {
+            // (A stopped listener's accept ends with ECANCELED, or with EINVAL once
+            // `stop_listening` shut the socket down: neither is an error worth counting.)
             l.error = Some(-res);
             st.stats.accept_errors += 1;
         }
