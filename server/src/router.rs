@@ -205,17 +205,18 @@ impl Router {
                 Found::NotImplemented
             };
         }
-        if !self.recognises(method) {
-            return Found::NotImplemented;
-        }
+        // A method a route serves is recognised: the check is only for requests that no route
+        // serves, off the path of the ones that succeed.
         match self.tree.at(path) {
             Ok(m) => {
                 let route = &self.routes[*m.value];
                 match route.handler(method) {
                     Some(h) => Found::Handler(h, &route.middleware, m.params, *m.value),
+                    None if !self.recognises(method) => Found::NotImplemented,
                     None => Found::MethodNotAllowed(&route.allow),
                 }
             }
+            Err(_) if !self.recognises(method) => Found::NotImplemented,
             Err(_) => Found::NotFound,
         }
     }
