@@ -31,35 +31,33 @@ pub fn check_system() -> Result<()> {
             )));
         }
     }
+    if let Some(cur) = soft_limit(libc::RLIMIT_MEMLOCK) {
+        if cur != libc::RLIM_INFINITY && cur < MIN_MEMLOCK {
+            return Err(Error::Unsupported(format!(
+                "RLIMIT_MEMLOCK is {} KiB: percore needs >= {} KiB (ulimit -l, systemd LimitMEMLOCK=)",
+                cur / 1024,
+                MIN_MEMLOCK / 1024
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The soft limit of `resource` (`RLIM_INFINITY` when unlimited), `None` if it cannot be read.
+fn soft_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MIN_MEMLOCK {
-        return Err(Error::Unsupported(format!(
-            "RLIMIT_MEMLOCK is {} KiB: percore needs >= {} KiB (ulimit -l, systemd LimitMEMLOCK=)",
-            lim.rlim_cur / 1024,
-            MIN_MEMLOCK / 1024
-        )));
-    }
-    Ok(())
+    let rc = unsafe { libc::getrlimit(resource, &mut lim) };
+    (rc == 0).then_some(lim.rlim_cur)
 }
 
 /// The soft limits that matter to a server, for its start-up log line: `RLIMIT_MEMLOCK` (glommio's
 /// rings) and `RLIMIT_NOFILE` (one descriptor per connection), e.g. `memlock 8192 KiB, nofile
 /// 20000`.
 pub fn limits_summary() -> String {
-    let soft = |resource| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
-        let rc = unsafe { libc::getrlimit(resource, &mut lim) };
-        (rc == 0).then_some(lim.rlim_cur)
-    };
     let show = |v: Option<u64>, unit: u64, suffix: &str| match v {
         None => "unknown".to_string(),
         Some(libc::RLIM_INFINITY) => "unlimited".to_string(),
@@ -67,8 +65,8 @@ pub fn limits_summary() -> String {
     };
     format!(
         "memlock {}, nofile {}",
-        show(soft(libc::RLIMIT_MEMLOCK), 1024, " KiB"),
-        show(soft(libc::RLIMIT_NOFILE), 1, "")
+        show(soft_limit(libc::RLIMIT_MEMLOCK), 1024, " KiB"),
+        show(soft_limit(libc::RLIMIT_NOFILE), 1, "")
     )
 }
 
