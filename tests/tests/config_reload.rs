@@ -11,6 +11,7 @@ use std::{
 use support::{bench_bin, percore_bin, request, temp_dir, Server};
 
 const GET_V: &str = "GET /v HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+const GET_ROOT: &str = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
 fn config(body: &str, extra: &str) -> String {
     format!(
@@ -47,10 +48,7 @@ fn bodies(srv: &Server, n: usize) -> Vec<String> {
 fn server_names(srv: &Server, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
-            let r = request(
-                srv.addr,
-                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            );
+            let r = request(srv.addr, GET_ROOT);
             r.header("server").unwrap_or_default().to_string()
         })
         .collect()
@@ -280,14 +278,7 @@ fn the_admin_api_serves_a_bounded_number_of_connections() {
     // ... and the next one is turned away at once instead of costing a thread and a descriptor.
     assert_eq!(admin(&srv, "GET", "/status", None).status, 503);
     // The public listener is not affected.
-    assert_eq!(
-        request(
-            srv.addr,
-            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .status,
-        200
-    );
+    assert_eq!(request(srv.addr, GET_ROOT).status, 200);
     drop(idle);
     // Their threads see the close and give their slots back.
     wait_until("an admin slot comes free", || {
@@ -299,14 +290,7 @@ fn the_admin_api_serves_a_bounded_number_of_connections() {
 fn metrics_parse_and_count_the_requests_sent() {
     let srv = Server::start(&["--shards", "2", "--admin", "127.0.0.1:0"]);
     for _ in 0..37 {
-        assert_eq!(
-            request(
-                srv.addr,
-                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .status,
-            200
-        );
+        assert_eq!(request(srv.addr, GET_ROOT).status, 200);
     }
     for _ in 0..5 {
         assert_eq!(

@@ -27,6 +27,27 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// The server's stderr (its successors write there too), line by line, from a reader thread.
+fn stderr_lines(srv: &mut Server) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = srv.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        // Raw lines, decoded lossily: a stall report's backtrace must not end the reader.
+        let mut r = std::io::BufReader::new(stderr);
+        let mut buf = Vec::new();
+        while r
+            .read_until(b'\n', &mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
+            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
+            buf.clear();
+        }
+    });
+    rx
+}
+
 /// Polls a condition that another process makes true (a file's content, a process's exit).
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -175,7 +196,6 @@ mod serde_json_lite {
 
 #[test]
 fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
-    use std::io::BufRead;
     let dir = temp_dir("upgrade-fail");
     let pid_file = dir.join("percore.pid");
     let ctl = dir.join("control.sock");
@@ -192,21 +212,7 @@ fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
         cfg.to_str().unwrap(),
     ]);
     let old = read_pid(&pid_file).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = srv.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        // Raw lines, decoded lossily: a stall report's backtrace must not end the reader.
-        let mut r = std::io::BufReader::new(stderr);
-        let mut buf = Vec::new();
-        while r
-            .read_until(b'\n', &mut buf)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
-            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
-            buf.clear();
-        }
-    });
+    let rx = stderr_lines(&mut srv);
     std::fs::write(
         &cfg,
         "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus_field = 1\n",
@@ -247,7 +253,6 @@ fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
 
 #[test]
 fn a_second_sigusr2_during_an_upgrade_is_ignored() {
-    use std::io::BufRead;
     let dir = temp_dir("upgrade-twice");
     let pid_file = dir.join("percore.pid");
     let ctl = dir.join("control.sock");
@@ -260,20 +265,7 @@ fn a_second_sigusr2_during_an_upgrade_is_ignored() {
         ctl.to_str().unwrap(),
     ]);
     let old = read_pid(&pid_file).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = srv.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut r = std::io::BufReader::new(stderr);
-        let mut buf = Vec::new();
-        while r
-            .read_until(b'\n', &mut buf)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
-            let _ = tx.send(String::from_utf8_lossy(&buf).trim_end().to_string());
-            buf.clear();
-        }
-    });
+    let rx = stderr_lines(&mut srv);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(old as i32, libc::SIGUSR2) };
     // Once the first signal started a successor (two signals sent at once would merge into one),
