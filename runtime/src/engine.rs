@@ -1013,7 +1013,11 @@ impl Engine {
             // Marked parked, a mesh ring from now on writes that eventfd directly.
             inner.ring.borrow().completion_shared_enable_eventfd();
             inner.parked.set(true);
-            if !inner.set_sleeping(PARKED) || inner.turn() > 0 || inner.stopping.get() {
+            if !inner.set_sleeping(PARKED)
+                || inner.turn() > 0
+                || inner.work_left()
+                || inner.stopping.get()
+            {
                 inner.set_sleeping(AWAKE);
                 inner.parked.set(false);
                 inner.ring.borrow().completion_shared_disable_eventfd();
@@ -1110,6 +1114,15 @@ impl Inner {
             self.now.set(Instant::now());
         }
         self.now.get()
+    }
+
+    /// Whether the kernel holds completion work this ring has not run yet. An
+    /// `io_uring_enter(GETEVENTS)` that does not wait runs a bounded batch of it (20 items on
+    /// Linux 6.13+) and leaves the rest queued with the TASKRUN flag set again: that rest does not
+    /// fire the eventfd, and if it produced no completion it does not show in the turn's count
+    /// either, so a driver that parked on it would sleep until unrelated traffic came.
+    fn work_left(&self) -> bool {
+        self.ring.borrow_mut().submission().taskrun()
     }
 
     /// Whether the driver spins before it sleeps in any way, naps included.
