@@ -912,6 +912,15 @@ impl Engine {
         // SAFETY: `dup` is a fresh descriptor we own; the BufferedFile takes ownership and closes it.
         let efile = unsafe { glommio::io::BufferedFile::from_raw_fd(dup.into_raw_fd()) };
         let ticker = glommio::spawn_local(deadline_ticker(Rc::downgrade(&inner))).detach();
+        // The watchdog wakes this task if glommio strands it (see `watchdog`), and glommio wakes
+        // it from a park through `unpark`, which marks it active first: a driver stranded right
+        // after its park ended is rescued too.
+        let unpark = poll_fn(|cx| {
+            crate::watchdog::attach_engine(cx.waker(), inner.config.timer_tick);
+            Poll::Ready(Waker::from(Arc::new(Unpark(cx.waker().clone()))))
+        })
+        .await;
+        crate::watchdog::set_active(true);
         let mut polled_in_vain = false;
         // When the driver last reaped a completion, while it may nap.
         let mut last_work: Option<Instant> = None;
@@ -1024,7 +1033,18 @@ impl Engine {
                 continue;
             }
             inner.st.borrow_mut().stats.parks += 1;
-            let r = efile.read_at(0, 8).await;
+            crate::watchdog::set_active(false);
+            let r = {
+                let mut read = std::pin::pin!(efile.read_at(0, 8));
+                poll_fn(|_| {
+                    std::future::Future::poll(
+                        read.as_mut(),
+                        &mut std::task::Context::from_waker(&unpark),
+                    )
+                })
+                .await
+            };
+            crate::watchdog::set_active(true);
             inner.set_sleeping(AWAKE);
             inner.parked.set(false);
             inner.ring.borrow().completion_shared_disable_eventfd();
@@ -1033,12 +1053,33 @@ impl Engine {
                 break;
             }
         }
+        crate::watchdog::set_active(false);
+        crate::watchdog::detach_engine();
         ticker.cancel();
         let _ = efile.close().await;
     }
 }
 
+/// Wakes the driver from a park, marking it active for the watchdog first (see
+/// [`crate::watchdog`]): glommio runs this on the shard thread when the eventfd read completes.
+struct Unpark(Waker);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        crate::watchdog::set_active(true);
+        self.0.wake_by_ref();
+    }
+}
+
 /// Wakes connections whose deadline passed; runs every `timer_tick` while any deadline is set.
+///
+/// It ticks with no deadline set too: its timer is also what tells the watchdog that the shard's
+/// executor runs its tasks ([`crate::watchdog::tick`]), and what gets a stranded executor going
+/// again when nothing else would (see [`crate::watchdog`]).
 async fn deadline_ticker(weak: std::rc::Weak<Inner>) {
     loop {
         let tick = match weak.upgrade() {
@@ -1046,6 +1087,7 @@ async fn deadline_ticker(weak: std::rc::Weak<Inner>) {
             None => return,
         };
         glommio::timer::sleep(tick).await;
+        crate::watchdog::tick();
         let Some(inner) = weak.upgrade() else { return };
         let mut st = inner.st.borrow_mut();
         if st.with_deadline == 0 {

@@ -132,9 +132,13 @@ impl RuntimeBuilder {
         let n = cpus.len();
         let f = Arc::new(f);
         let stalls = stall_counter();
-        let watchdog = self
-            .stall_threshold
-            .map(|t| Arc::new(Watchdog::start(n, t, stalls.clone())));
+        // Started without a stall threshold too: it also rescues stranded shards (see
+        // `watchdog`).
+        let watchdog = Some(Arc::new(Watchdog::start(
+            n,
+            self.stall_threshold,
+            stalls.clone(),
+        )));
         let mut threads = Vec::with_capacity(n);
         let mut inboxes = Vec::with_capacity(n);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();

@@ -20,6 +20,33 @@
 //!
 //! Tasks beat through [`beat`]; the engine's driver does on every turn, so under network load a
 //! shard beats every few microseconds.
+//!
+//! # Rescuing a stranded shard
+//! The same thread also works around a scheduling race in glommio 0.9. Its executor's
+//! `run_task_queues` checks the preemption timer before it runs anything, and returns "nothing
+//! ran" when the timer has already fired; the run loop then parks in the reactor although tasks
+//! are queued. That happens when the shard thread is descheduled for a whole preemption period
+//! (1 ms by default) right after the reactor armed the timer: on an oversubscribed or virtual
+//! CPU. The queued tasks then wait for the next glommio event (a timer, a channel message), and
+//! none may come: the engine's socket completions reach glommio only while its driver is parked,
+//! and a stranded driver is not. Seen as the engine echo test hanging (64 client threads on 2
+//! CPUs) and as reloads timing out in the e2e tests, once the engine's ticker stopped ticking on
+//! an idle shard (an experiment, not kept).
+//!
+//! The engine tells the watchdog what to look at ([`attach_engine`]):
+//! - whether its driver is *active* ([`set_active`]): not parked, so it runs, naps in its own
+//!   ring for at most a few milliseconds, or waits in glommio's queue. An active driver beats at
+//!   least once a nap, so a shard whose driver is active, whose beat has not moved for a whole
+//!   watchdog tick and whose thread has hardly run is stranded (5 to 10 ms by default).
+//!   glommio marks the driver active as it wakes it from a park, so a driver stranded right after
+//!   its park ended counts too.
+//! - its ticker's progress ([`tick`]): the ticker's timer fires every `timer_tick` (50 ms) even
+//!   on an idle shard, so a shard whose ticker has not ticked for three of those while its
+//!   thread sleeps is stranded whatever task is queued (a control message's, a timer's).
+//!
+//! The watchdog then wakes the driver from its own thread, which writes glommio's eventfd and
+//! gets the executor to run its queues, and counts it ([`rescues_total`]). A rescue that was not
+//! needed (a shard thread that was runnable but not running) costs one spurious wake-up.
 
 use std::{
     cell::OnceCell,
@@ -50,6 +77,14 @@ pub(crate) struct Slot {
     frames: [AtomicUsize; MAX_FRAMES],
     frames_len: AtomicUsize,
     trace_wanted: AtomicBool,
+    /// The shard's engine driver is not parked (see the module doc).
+    active: AtomicBool,
+    /// Times the shard's engine ticker ticked.
+    ticks: AtomicU64,
+    /// The ticker's period in microseconds; 0 while no engine is attached.
+    tick_us: AtomicU64,
+    /// Wakes the shard's engine driver from another thread.
+    rescue: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl Slot {
@@ -63,6 +98,10 @@ impl Slot {
             frames: std::array::from_fn(|_| AtomicUsize::new(0)),
             frames_len: AtomicUsize::new(0),
             trace_wanted: AtomicBool::new(false),
+            active: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            tick_us: AtomicU64::new(0),
+            rescue: std::sync::Mutex::new(None),
         }
     }
 }
@@ -85,6 +124,68 @@ pub fn beat() {
     });
 }
 
+/// Marks the calling shard's engine driver active (not parked) or parked; a no-op off a watched
+/// shard. The driver calls it around each park.
+#[inline]
+pub fn set_active(active: bool) {
+    CURRENT.with(|c| {
+        if let Some(s) = c.get() {
+            s.active.store(active, Ordering::Release);
+        }
+    });
+}
+
+/// Records a tick of the calling shard's engine ticker; a no-op off a watched shard.
+#[inline]
+pub fn tick() {
+    CURRENT.with(|c| {
+        if let Some(s) = c.get() {
+            s.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Attaches the calling shard's engine: the watchdog wakes `driver` when the shard looks
+/// stranded, judging by [`set_active`] and by [`tick`]s expected every `tick_period`.
+pub fn attach_engine(driver: &std::task::Waker, tick_period: Duration) {
+    CURRENT.with(|c| {
+        if let Some(s) = c.get() {
+            if let Ok(mut r) = s.rescue.lock() {
+                *r = Some(driver.clone());
+            }
+            let us = tick_period.as_micros().clamp(1, u64::MAX as u128) as u64;
+            s.tick_us.store(us, Ordering::Release);
+        }
+    });
+}
+
+/// Detaches the calling shard's engine (its driver is stopping).
+pub fn detach_engine() {
+    CURRENT.with(|c| {
+        if let Some(s) = c.get() {
+            detach(s);
+        }
+    });
+}
+
+fn detach(s: &Slot) {
+    s.active.store(false, Ordering::Release);
+    s.tick_us.store(0, Ordering::Release);
+    if let Ok(mut r) = s.rescue.lock() {
+        *r = None;
+    }
+}
+
+static RESCUES: AtomicU64 = AtomicU64::new(0);
+
+/// Times a watchdog woke a stranded shard, in this process (see the module doc).
+pub fn rescues_total() -> u64 {
+    RESCUES.load(Ordering::Relaxed)
+}
+
+/// The watchdog's tick when it only rescues (no stall threshold).
+const RESCUE_TICK: Duration = Duration::from_millis(5);
+
 /// The watchdog of one runtime; stops its thread when dropped.
 pub(crate) struct Watchdog {
     slots: Arc<[Arc<Slot>]>,
@@ -93,9 +194,15 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread for `shards` shards.
-    pub(crate) fn start(shards: usize, threshold: Duration, stalls: Arc<AtomicU64>) -> Watchdog {
-        install_trace_handler();
+    /// Starts the watchdog thread for `shards` shards; it reports stalls only with a `threshold`.
+    pub(crate) fn start(
+        shards: usize,
+        threshold: Option<Duration>,
+        stalls: Arc<AtomicU64>,
+    ) -> Watchdog {
+        if threshold.is_some() {
+            install_trace_handler();
+        }
         let slots: Arc<[Arc<Slot>]> = (0..shards).map(|i| Arc::new(Slot::new(i))).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -135,7 +242,9 @@ impl Watchdog {
 
     /// Stops watching shard `shard` (its thread is about to exit).
     pub(crate) fn unregister(&self, shard: usize) {
-        self.slots[shard].registered.store(false, Ordering::Release);
+        let slot = &self.slots[shard];
+        slot.registered.store(false, Ordering::Release);
+        detach(slot);
     }
 }
 
@@ -159,6 +268,9 @@ struct Seen {
     reported: bool,
     /// When the watchdog first saw the shard registered.
     since: Option<std::time::Instant>,
+    /// The ticker's count, and when the watchdog saw it move.
+    ticks: u64,
+    ticked: Option<std::time::Instant>,
 }
 
 /// A shard is not reported during its first second: its first reactor passes submit glommio's
@@ -169,10 +281,12 @@ const START_GRACE: Duration = Duration::from_secs(1);
 /// The watchdog's tick while every shard is idle.
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
 
-fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &AtomicU64) {
+fn watch(slots: &[Arc<Slot>], threshold: Option<Duration>, stop: &AtomicBool, stalls: &AtomicU64) {
     // Half the threshold: a stall is reported 1 to 1.5 thresholds in, and the thread wakes 200
     // times a second at the default 10 ms (it shares the CPU of a pinned shard).
-    let tick = (threshold / 2).max(Duration::from_millis(1));
+    let tick = threshold
+        .map_or(RESCUE_TICK, |t| t / 2)
+        .max(Duration::from_millis(1));
     let mut seen = vec![Seen::default(); slots.len()];
     let mut last = std::time::Instant::now();
     let mut next = tick;
@@ -195,7 +309,27 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
             let beat = slot.beat.load(Ordering::Relaxed);
             let ran = cpu.saturating_sub(seen.cpu);
             seen.cpu = cpu;
-            busy |= ran * 16 >= wall;
+            let active = slot.active.load(Ordering::Acquire);
+            busy |= ran * 16 >= wall || active;
+            if stranded(
+                slot,
+                seen,
+                now,
+                beat,
+                ran * 4 < wall && wall >= tick,
+                active,
+            ) {
+                if let Ok(r) = slot.rescue.lock() {
+                    if let Some(w) = r.as_ref() {
+                        w.wake_by_ref();
+                        RESCUES.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let Some(threshold) = threshold else {
+                seen.beat = beat;
+                continue;
+            };
             if now.duration_since(*seen.since.get_or_insert(now)) < START_GRACE {
                 seen.beat = beat;
                 continue;
@@ -224,6 +358,34 @@ fn watch(slots: &[Arc<Slot>], threshold: Duration, stop: &AtomicBool, stalls: &A
         }
         next = if busy { tick } else { IDLE_TICK.max(tick) };
     }
+}
+
+/// Whether a shard looks stranded (see the module doc): its thread hardly ran this tick
+/// (`asleep`), and either its active driver has not beaten since the last tick, or its ticker has
+/// not ticked for three periods.
+fn stranded(
+    slot: &Slot,
+    seen: &mut Seen,
+    now: std::time::Instant,
+    beat: u64,
+    asleep: bool,
+    active: bool,
+) -> bool {
+    let ticks = slot.ticks.load(Ordering::Relaxed);
+    let period = Duration::from_micros(slot.tick_us.load(Ordering::Acquire));
+    if ticks != seen.ticks || seen.ticked.is_none() || period.is_zero() {
+        seen.ticks = ticks;
+        seen.ticked = Some(now);
+    }
+    if !asleep {
+        return false;
+    }
+    let late = !period.is_zero() && seen.ticked.is_some_and(|t| now - t >= period * 3);
+    if late {
+        // One wake per three periods while it stays late.
+        seen.ticked = Some(now);
+    }
+    (active && beat == seen.beat) || late
 }
 
 /// Prints one stall: the headline, then the stalled thread's stack as far as it can be captured.
@@ -331,7 +493,7 @@ mod tests {
         let stalls = Arc::new(AtomicU64::new(0));
         let wd = Arc::new(Watchdog::start(
             2,
-            Duration::from_millis(20),
+            Some(Duration::from_millis(20)),
             stalls.clone(),
         ));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -370,5 +532,83 @@ mod tests {
         burner.join().unwrap();
         sleeper.join().unwrap();
         assert_eq!(stalls.load(Ordering::Relaxed), 1);
+    }
+
+    /// Counts wake-ups and passes them on to a channel.
+    struct Probe {
+        shard: usize,
+        woken: AtomicU64,
+        tx: std::sync::Mutex<std::sync::mpsc::Sender<usize>>,
+    }
+
+    impl std::task::Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.woken.fetch_add(1, Ordering::Relaxed);
+            let _ = self.tx.lock().unwrap().send(self.shard);
+        }
+    }
+
+    #[test]
+    fn stranded_shards_are_woken_and_a_parked_one_is_not() {
+        let wd = Arc::new(Watchdog::start(3, None, Arc::new(AtomicU64::new(0))));
+        let (rescued_tx, rescued) = std::sync::mpsc::channel();
+        let probe = |tx: std::sync::mpsc::Sender<usize>, shard: usize| {
+            Arc::new(Probe {
+                shard,
+                woken: AtomicU64::new(0),
+                tx: std::sync::Mutex::new(tx),
+            })
+        };
+        // Each thread sleeps without beating or ticking, as a shard does when glommio parks it
+        // with tasks queued (or when it is idle). Shard 0: driver parked, ticker due every 10 s:
+        // idle, never woken. Shard 1: driver active: stranded. Shard 2: driver parked, but its
+        // ticker (due every 5 ms) stopped: stranded.
+        let shards = [
+            (
+                probe(std::sync::mpsc::channel().0, 0),
+                false,
+                Duration::from_secs(10),
+            ),
+            (probe(rescued_tx.clone(), 1), true, Duration::from_secs(10)),
+            (probe(rescued_tx, 2), false, Duration::from_millis(5)),
+        ];
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let done = Arc::new(std::sync::Mutex::new(done));
+        let threads: Vec<_> = shards
+            .iter()
+            .map(|(p, active, period)| {
+                let (wd, ready_tx, done) = (wd.clone(), ready_tx.clone(), done.clone());
+                let (p, active, period) = (p.clone(), *active, *period);
+                std::thread::spawn(move || {
+                    wd.register(p.shard);
+                    attach_engine(&std::task::Waker::from(p), period);
+                    set_active(active);
+                    ready_tx.send(()).unwrap();
+                    // Sleeps until the test is over (the sender is dropped).
+                    let _ = done.lock().unwrap().recv();
+                })
+            })
+            .collect();
+        for _ in 0..shards.len() {
+            ready.recv().unwrap();
+        }
+        // Two rescues of each: by then the watchdog has looked at the idle shard several times.
+        let mut woken = [0; 3];
+        while woken[1] < 2 || woken[2] < 2 {
+            let shard = rescued
+                .recv_timeout(Duration::from_secs(20))
+                .expect("both stranded shards are woken");
+            woken[shard] += 1;
+        }
+        assert_eq!(shards[0].0.woken.load(Ordering::Relaxed), 0);
+        assert!(rescues_total() >= 4);
+        drop(done_tx);
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }

@@ -346,6 +346,14 @@ impl ControlPlane {
             "percore_stalls_total {}\n",
             percore_runtime::shard::stalls_total()
         ));
+        text.push_str(
+            "# HELP percore_rescues_total Times the watchdog woke a shard whose executor slept with work queued.\n",
+        );
+        text.push_str("# TYPE percore_rescues_total counter\n");
+        text.push_str(&format!(
+            "percore_rescues_total {}\n",
+            percore_runtime::watchdog::rescues_total()
+        ));
         text
     }
 

@@ -335,6 +335,11 @@ fn metrics_parse_and_count_the_requests_sent() {
         text.contains("# TYPE percore_accept_errors_total counter\n"),
         "{text}"
     );
+    // The watchdog's rescues of stranded shards are exported (a count, normally 0).
+    assert!(
+        text.contains("# TYPE percore_rescues_total counter\npercore_rescues_total "),
+        "{text}"
+    );
     let generic = text
         .lines()
         .filter(|l| l.ends_with("Per-shard gauge."))
