@@ -42,6 +42,11 @@ use crate::{
     watchdog::Watchdog,
 };
 
+/// How long a shard may take to start (ring and buffer set-up takes milliseconds). A shard whose
+/// glommio executor strands its first task (the race described in [`crate::watchdog`], which
+/// can only rescue a shard whose engine has attached) would otherwise hang start-up silently;
+/// the runtime fails to start instead, with that shard named.
+pub const SHARD_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default stall threshold: a task holding its shard longer than this is logged and counted.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(10);
 
@@ -228,10 +233,24 @@ impl RuntimeBuilder {
             threads.push(t);
             // One shard at a time: glommio numbers executors in creation order and orders mesh
             // peers by that number, so creating them in shard order makes peer id = shard id.
-            match ready_rx.recv() {
+            match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => break, // the shard died before reporting; wait() will say why
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(Error::Shard {
+                        shard: id,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "did not start within {} s (its executor never ran its first \
+                                 task; see `watchdog` on glommio's scheduling race)",
+                                SHARD_START_TIMEOUT.as_secs()
+                            ),
+                        ),
+                    });
+                }
+                // The shard died before reporting; wait() will say why.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         drop(ready_tx);
