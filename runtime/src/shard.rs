@@ -42,11 +42,11 @@ use crate::{
     watchdog::Watchdog,
 };
 
-/// How long a shard may take to start (ring and buffer set-up takes milliseconds). A shard whose
-/// glommio executor strands its first task (the race described in [`crate::watchdog`], which
-/// can only rescue a shard whose engine has attached) would otherwise hang start-up silently;
-/// the runtime fails to start instead, with that shard named.
+/// How long a shard may take to start (ring and buffer set-up takes milliseconds) before the
+/// runtime fails to start, naming it.
 pub const SHARD_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a starting shard may stay silent before it is kicked (see `RuntimeBuilder::spawn`).
+const START_KICK: Duration = Duration::from_secs(1);
 /// Default stall threshold: a task holding its shard longer than this is logged and counted.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(10);
 
@@ -233,24 +233,39 @@ impl RuntimeBuilder {
             threads.push(t);
             // One shard at a time: glommio numbers executors in creation order and orders mesh
             // peers by that number, so creating them in shard order makes peer id = shard id.
-            match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(Error::Shard {
-                        shard: id,
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!(
-                                "did not start within {} s (its executor never ran its first \
-                                 task; see `watchdog` on glommio's scheduling race)",
-                                SHARD_START_TIMEOUT.as_secs()
-                            ),
-                        ),
-                    });
+            // A shard that has not reported after a second is kicked with a signal: its thread
+            // may be asleep in glommio with its first task queued (the race in `watchdog`, which
+            // cannot rescue a shard before its engine attaches); the signal interrupts that
+            // sleep, which glommio handles, and its run loop goes round again.
+            let give_up = std::time::Instant::now() + SHARD_START_TIMEOUT;
+            let started = loop {
+                match ready_rx.recv_timeout(START_KICK) {
+                    Ok(r) => break Some(r),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if std::time::Instant::now() >= give_up {
+                            return Err(Error::Shard {
+                                shard: id,
+                                source: std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!(
+                                        "did not start within {} s",
+                                        SHARD_START_TIMEOUT.as_secs()
+                                    ),
+                                ),
+                            });
+                        }
+                        if let Some(t) = threads.last() {
+                            crate::watchdog::kick_thread(t);
+                        }
+                    }
                 }
+            };
+            match started {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e),
                 // The shard died before reporting; wait() will say why.
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                None => break,
             }
         }
         drop(ready_tx);

@@ -47,6 +47,12 @@
 //! The watchdog then wakes the driver from its own thread, which writes glommio's eventfd and
 //! gets the executor to run its queues, and counts it ([`rescues_total`]). A rescue that was not
 //! needed (a shard thread that was runnable but not running) costs one spurious wake-up.
+//!
+//! Before its engine attaches a shard has no waker to hand over, and its executor can strand its
+//! very first task the same way (seen once: an engine test waited 9 minutes for a shard to
+//! start). `RuntimeBuilder::spawn` therefore kicks a shard that has not reported ready after a
+//! second with the trace signal, which interrupts glommio's sleep (glommio treats the EINTR as a
+//! wake-up), and gives up after `SHARD_START_TIMEOUT`.
 
 use std::{
     cell::OnceCell,
@@ -176,6 +182,19 @@ fn detach(s: &Slot) {
     }
 }
 
+/// Interrupts whatever blocking wait the thread is in (glommio's sleep handles the EINTR and
+/// looks at its queues again) by sending it the trace signal, whose handler does nothing unless
+/// the watchdog asked that thread for a backtrace. Counted as a rescue.
+pub(crate) fn kick_thread<T>(t: &JoinHandle<T>) {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the thread has not been joined (we hold its handle), so its pthread_t is valid;
+    // the signal's handler is installed (`Watchdog::start`) and async-signal-safe.
+    let r = unsafe { libc::pthread_kill(t.as_pthread_t(), TRACE_SIGNAL) };
+    if r == 0 {
+        RESCUES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 static RESCUES: AtomicU64 = AtomicU64::new(0);
 
 /// Times a watchdog woke a stranded shard, in this process (see the module doc).
@@ -200,9 +219,8 @@ impl Watchdog {
         threshold: Option<Duration>,
         stalls: Arc<AtomicU64>,
     ) -> Watchdog {
-        if threshold.is_some() {
-            install_trace_handler();
-        }
+        // Also the handler that makes `kick_thread` harmless.
+        install_trace_handler();
         let slots: Arc<[Arc<Slot>]> = (0..shards).map(|i| Arc::new(Slot::new(i))).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -532,6 +550,25 @@ mod tests {
         burner.join().unwrap();
         sleeper.join().unwrap();
         assert_eq!(stalls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_kick_interrupts_a_blocking_wait_and_does_no_harm() {
+        // Installs the handler, as every runtime does before it kicks a shard.
+        let _wd = Watchdog::start(1, None, Arc::new(AtomicU64::new(0)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            // SAFETY: pause has no preconditions; it returns once a handled signal arrives.
+            unsafe { libc::pause() };
+        });
+        rx.recv().unwrap();
+        // The thread may not have reached pause() yet: kick until it returns.
+        while !t.is_finished() {
+            kick_thread(&t);
+            std::thread::yield_now();
+        }
+        t.join().unwrap();
     }
 
     /// Counts wake-ups and passes them on to a channel.
