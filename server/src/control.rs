@@ -338,22 +338,21 @@ impl ControlPlane {
             per_shard.push(m);
         }
         let mut text = render_prometheus(&merged, &per_shard);
-        text.push_str(
-            "# HELP percore_stalls_total Tasks that held a shard past the stall threshold.\n",
+        let mut counter = |name: &str, help: &str, value: u64| {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        };
+        counter(
+            "percore_stalls_total",
+            "Tasks that held a shard past the stall threshold.",
+            percore_runtime::shard::stalls_total(),
         );
-        text.push_str("# TYPE percore_stalls_total counter\n");
-        text.push_str(&format!(
-            "percore_stalls_total {}\n",
-            percore_runtime::shard::stalls_total()
-        ));
-        text.push_str(
-            "# HELP percore_rescues_total Times the watchdog woke a shard whose executor slept with work queued.\n",
+        counter(
+            "percore_rescues_total",
+            "Times the watchdog woke a shard whose executor slept with work queued.",
+            percore_runtime::watchdog::rescues_total(),
         );
-        text.push_str("# TYPE percore_rescues_total counter\n");
-        text.push_str(&format!(
-            "percore_rescues_total {}\n",
-            percore_runtime::watchdog::rescues_total()
-        ));
         text
     }
 
