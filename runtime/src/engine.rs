@@ -1053,7 +1053,6 @@ impl Engine {
                 break;
             }
         }
-        crate::watchdog::set_active(false);
         crate::watchdog::detach_engine();
         ticker.cancel();
         let _ = efile.close().await;
@@ -1075,11 +1074,10 @@ impl std::task::Wake for Unpark {
     }
 }
 
-/// Wakes connections whose deadline passed; runs every `timer_tick` while any deadline is set.
-///
-/// It ticks with no deadline set too: its timer is also what tells the watchdog that the shard's
-/// executor runs its tasks ([`crate::watchdog::tick`]), and what gets a stranded executor going
-/// again when nothing else would (see [`crate::watchdog`]).
+/// Ticks every `timer_tick`: wakes connections whose deadline passed (when any is set), and tells
+/// the watchdog that the shard's executor runs its tasks ([`crate::watchdog::tick`]). Its timer is
+/// also what gets a stranded executor going again when nothing else would (see
+/// [`crate::watchdog`]), so it ticks with no deadline set too.
 async fn deadline_ticker(weak: std::rc::Weak<Inner>) {
     loop {
         let tick = match weak.upgrade() {

@@ -139,11 +139,7 @@ impl RuntimeBuilder {
         let stalls = stall_counter();
         // Started without a stall threshold too: it also rescues stranded shards (see
         // `watchdog`).
-        let watchdog = Some(Arc::new(Watchdog::start(
-            n,
-            self.stall_threshold,
-            stalls.clone(),
-        )));
+        let watchdog = Arc::new(Watchdog::start(n, self.stall_threshold, stalls.clone()));
         let mut threads = Vec::with_capacity(n);
         let mut inboxes = Vec::with_capacity(n);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -201,9 +197,7 @@ impl RuntimeBuilder {
                         };
                         // Watched from here on: mapping and registering the engine's buffers
                         // takes ~10 ms of CPU once, which is set-up, not a stall.
-                        if let Some(w) = &wd {
-                            w.register(id);
-                        }
+                        wd.register(id);
                         glommio::spawn_local(engine.clone().drive()).detach();
                         let shard = Shard {
                             id,
@@ -222,9 +216,7 @@ impl RuntimeBuilder {
                         drop(ready);
                         f(shard).await;
                     });
-                    if let Some(w) = &watchdog {
-                        w.unregister(id);
-                    }
+                    watchdog.unregister(id);
                 })
                 .map_err(|e| Error::Shard {
                     shard: id,
@@ -352,7 +344,7 @@ pub struct Runtime<C> {
     stalls: Arc<AtomicU64>,
     listeners: Arc<ListenerTable>,
     /// Lives until the runtime and every shard thread are gone.
-    _watchdog: Option<Arc<Watchdog>>,
+    _watchdog: Arc<Watchdog>,
 }
 
 impl<C> fmt::Debug for Runtime<C> {
