@@ -130,6 +130,8 @@ impl RuntimeBuilder {
         Fut: std::future::Future<Output = ()> + 'static,
     {
         sys::check_system()?;
+        // Before any thread of ours exists (see the function's doc).
+        sys::register_membarrier();
         let cpus = self.resolve_cpus()?;
         if self.exit_on_panic {
             install_panic_hook();
