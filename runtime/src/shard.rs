@@ -130,7 +130,7 @@ impl RuntimeBuilder {
         Fut: std::future::Future<Output = ()> + 'static,
     {
         sys::check_system()?;
-        // Before any thread of ours exists (see the function's doc).
+        // Before any thread of ours exists: see `sys::register_membarrier`.
         sys::register_membarrier();
         let cpus = self.resolve_cpus()?;
         if self.exit_on_panic {

@@ -103,7 +103,8 @@ pub fn register_membarrier() {
     };
 }
 
-/// Whether the process may issue private expedited membarriers (it registered for them).
+/// Whether the process may issue private expedited membarriers (it registered for them). Issues
+/// one, which interrupts every CPU that runs a thread of this process: for checks, not hot paths.
 pub fn membarrier_registered() -> bool {
     // SAFETY: membarrier takes two integers and no pointers; an unregistered process gets EPERM.
     unsafe {
