@@ -1178,7 +1178,7 @@ impl Inner {
         }
         let until = Instant::now() + self.config.busy_poll;
         loop {
-            if self.ring.borrow_mut().submission().taskrun() || self.bell_pending() {
+            if self.work_left() || self.bell_pending() {
                 return true;
             }
 

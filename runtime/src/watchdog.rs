@@ -329,14 +329,10 @@ fn watch(slots: &[Arc<Slot>], threshold: Option<Duration>, stop: &AtomicBool, st
             seen.cpu = cpu;
             let active = slot.active.load(Ordering::Acquire);
             busy |= ran * 16 >= wall || active;
-            if stranded(
-                slot,
-                seen,
-                now,
-                beat,
-                ran * 4 < wall && wall >= tick,
-                active,
-            ) {
+            // The thread slept for most of this tick. A quarter, not a half, so that a stall on
+            // a CPU shared with other processes still counts as running.
+            let slept = ran * 4 < wall;
+            if stranded(slot, seen, now, beat, slept && wall >= tick, active) {
                 if let Ok(r) = slot.rescue.lock() {
                     if let Some(w) = r.as_ref() {
                         w.wake_by_ref();
@@ -359,9 +355,8 @@ fn watch(slots: &[Arc<Slot>], threshold: Option<Duration>, stop: &AtomicBool, st
                 continue;
             }
             // A stall holds the CPU: a thread that slept for most of this tick (an idle shard
-            // woken by a timer, glommio's bounded spin before parking) starts over. A quarter,
-            // not a half, so that a stall on a CPU shared with other processes still counts.
-            if ran * 4 < wall {
+            // woken by a timer, glommio's bounded spin before parking) starts over.
+            if slept {
                 seen.still = Duration::ZERO;
                 seen.reported = false;
                 continue;
