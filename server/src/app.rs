@@ -7,7 +7,7 @@
 use std::{
     cell::{Cell, RefCell},
     rc::Rc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use percore_runtime::{Engine, buf::ArenaPool};
@@ -42,6 +42,8 @@ pub struct App {
     /// Metrics route id of each route index of the current router.
     route_ids: RefCell<Rc<[RouteId]>>,
     date: Cell<[u8; 29]>,
+    /// When `date` goes stale: the system clock's next whole second, on the monotonic clock.
+    date_until: Cell<Instant>,
     /// The start of every `200 OK` head (status line, `Server`, `Date`), rebuilt with them.
     head_200: RefCell<Vec<u8>>,
     /// Per-shard counters and latency histograms.
@@ -51,7 +53,7 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the state; call [`App::start_clock`] to keep `Date` current.
+    /// Builds the state.
     pub fn new(
         shard: usize,
         shards: usize,
@@ -72,13 +74,37 @@ impl App {
             config: RefCell::new(config),
             server_name: RefCell::new(name),
             router: RefCell::new(router),
-            date: Cell::new(format_imf_fixdate(SystemTime::now())),
+            date: Cell::new([b' '; 29]),
+            date_until: Cell::new(Instant::now()),
             head_200: RefCell::new(Vec::new()),
             metrics,
             generation: Cell::new(0),
         });
-        app.rebuild_head_200();
+        app.refresh_date();
         app
+    }
+
+    /// Reformats `Date` when the system clock has passed the second it shows: at most once a
+    /// second, on the first response after the second turns (per shard, as seastar does), instead
+    /// of per response or on a timer that wakes an idle shard.
+    fn date_fresh(&self) {
+        if self.engine.now() >= self.date_until.get() {
+            self.refresh_date();
+        }
+    }
+
+    fn refresh_date(&self) {
+        let wall = SystemTime::now();
+        let into_second = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let left = Duration::from_nanos(u64::from(1_000_000_000 - into_second));
+        self.date_until.set(Instant::now() + left);
+        let date = format_imf_fixdate(wall);
+        if date != self.date.get() {
+            self.date.set(date);
+            self.rebuild_head_200();
+        }
     }
 
     /// Remakes the cached start of `200 OK` heads from the current date and server name.
@@ -108,29 +134,13 @@ impl App {
         out: &mut Vec<u8>,
         head: &ResponseHead<'_>,
     ) -> Result<(), http::Error> {
+        self.date_fresh();
         let prefix = self.head_200.borrow();
         if head.status == 200 && !prefix.is_empty() {
             http::write_head_with_prefix(out, &prefix, head)
         } else {
             http::write_head(out, head)
         }
-    }
-
-    /// Reformats `Date` once a second (per shard, as seastar does), instead of per response.
-    pub fn start_clock(self: &Rc<Self>) {
-        let weak = Rc::downgrade(self);
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_millis(500)).await;
-                let Some(app) = weak.upgrade() else { return };
-                let date = format_imf_fixdate(SystemTime::now());
-                if date != app.date.get() {
-                    app.date.set(date);
-                    app.rebuild_head_200();
-                }
-            }
-        })
-        .detach();
     }
 
     /// The current config snapshot.
@@ -161,8 +171,9 @@ impl App {
         *self.router.borrow_mut() = router;
     }
 
-    /// The cached `Date` value.
+    /// The `Date` value: the current second of the system clock.
     pub fn date(&self) -> [u8; 29] {
+        self.date_fresh();
         self.date.get()
     }
 

@@ -218,8 +218,9 @@ pub fn start_on(
                 Err(e) => panic!("shard {id}: {e}"),
             };
             kv.set_mesh(mesh.clone());
-            // Rate-limit shares follow demand: tell the other shards what this one saw.
-            {
+            // Rate-limit shares follow demand: tell the other shards what this one saw (a lone
+            // shard has the whole rate and nobody to tell, and is not woken for it).
+            if mesh.shards() > 1 {
                 let limiters = limiters.clone();
                 glommio::spawn_local(async move {
                     loop {
@@ -240,7 +241,6 @@ pub fn start_on(
             };
             let app = App::new(id, shard.count, shard.engine.clone(), shard.arenas.clone(), config, router);
             app.generation.set(1);
-            app.start_clock();
             let mut acceptors: Vec<Rc<percore_runtime::Acceptor>> = Vec::new();
             for l in shard.take_listeners() {
                 let acc = Rc::new(shard.engine.listen(l.fd, l.local));

@@ -25,6 +25,42 @@ fn hello_json_health_and_keepalive_reuse() {
     assert_eq!((rs[1].status, rs[2].status), (200, 200));
 }
 
+/// `Date` (RFC 9110 §6.6.1) is the second the response was made in, on every response: also the
+/// first one after the clock moved on while the shard had nothing to do.
+#[test]
+fn date_is_the_current_second() {
+    use percore_server::http::format_imf_fixdate;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    let mut date_now = || {
+        let before = secs(SystemTime::now());
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let r = read_responses(&mut s, 1).remove(0);
+        let after = secs(SystemTime::now());
+        let date = r.header("date").expect("a Date header").to_owned();
+        let within: Vec<String> = (before..=after)
+            .map(|t| {
+                let f = format_imf_fixdate(UNIX_EPOCH + Duration::from_secs(t));
+                String::from_utf8(f.to_vec()).unwrap()
+            })
+            .collect();
+        assert!(
+            within.contains(&date),
+            "Date {date:?} is not one of {within:?}"
+        );
+        (date, after)
+    };
+    let (first, at) = date_now();
+    // Let the clock, not the server, move into a later second; the shard idles meanwhile.
+    while secs(SystemTime::now()) <= at {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (second, _) = date_now();
+    assert_ne!(first, second);
+}
+
 #[test]
 fn head_404_and_405_with_allow() {
     let srv = Server::start(&["--cpus", "0"]);
