@@ -26,11 +26,15 @@
 //!   error everywhere (size line, extension, after data, trailers, end).
 //! * chunk-size is 1 to 16 hex digits (leading zeros count), case-insensitive.
 //!   `0x`, signs, and empty sizes are rejected.
-//! * No whitespace anywhere in the chunk-size line. RFC 9112 allows BWS
-//!   around `;` and `=` in chunk-ext, but RFC 9110 §5.6.3 says senders MUST
-//!   NOT generate BWS; rejecting it removes a parser-differential surface.
-//! * chunk-ext = *( ";" token [ "=" ( token / quoted-string ) ] ), validated
-//!   and then ignored. Limited per line and per body.
+//! * Whitespace in the chunk-size line only where RFC 9112 §7.1.1 puts BWS:
+//!   before each `;` and around an extension's name and `=`. RFC 9110 §5.6.3
+//!   forbids senders to generate BWS but says recipients MUST parse it.
+//!   Whitespace anywhere else is an error: before the size, inside it, and
+//!   between the size line's last element and its CRLF (`5 \r\n`, `5;a \r\n`:
+//!   the grammar only has BWS in front of a `;`).
+//! * chunk-ext = *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ),
+//!   validated and then ignored. Limited per line and per body (its
+//!   whitespace included).
 //! * Chunk data must be followed by exactly CRLF.
 //! * Trailer fields are parsed minimally (token ":" field-value CRLF; no
 //!   obs-fold, no whitespace before the colon, no CTLs) and discarded, the
@@ -49,10 +53,16 @@ use super::request::{is_field_value_byte, is_tchar};
 enum State {
     /// In the chunk-size hex digits (`digits` read so far, value in `size`).
     Size,
-    /// Just after `;`: an extension name must start.
+    /// After the chunk-size and whitespace: only more whitespace or `;` may follow.
+    SizeWs,
+    /// Just after `;` (and any whitespace): an extension name must start.
     ExtStart,
     /// Inside an extension name.
     ExtName,
+    /// Whitespace after an extension name: `=`, `;` or more whitespace must follow.
+    ExtNameWs,
+    /// Whitespace after an extension value: `;` or more whitespace must follow.
+    ExtValueWs,
     /// Just after `=`: a token or a quoted-string must start.
     ExtValueStart,
     /// Inside a token extension value.
@@ -207,15 +217,29 @@ impl ChunkedDecoder {
                         self.ext_byte()?;
                         State::ExtStart
                     }
+                    b' ' | b'\t' if self.digits > 0 => {
+                        self.ext_line = 0;
+                        self.ext_byte()?;
+                        State::SizeWs
+                    }
                     b'\r' if self.digits > 0 => State::SizeLf,
                     _ => return Err(Error::InvalidChunkSize),
                 },
+                State::SizeWs => {
+                    self.ext_byte()?;
+                    match b {
+                        b' ' | b'\t' => State::SizeWs,
+                        b';' => State::ExtStart,
+                        _ => return Err(Error::InvalidChunkSize),
+                    }
+                }
                 State::ExtStart => {
                     self.ext_byte()?;
-                    if !is_tchar(b) {
-                        return Err(Error::InvalidChunkExtension);
+                    match b {
+                        b' ' | b'\t' => State::ExtStart,
+                        _ if is_tchar(b) => State::ExtName,
+                        _ => return Err(Error::InvalidChunkExtension),
                     }
-                    State::ExtName
                 }
                 State::ExtName | State::ExtToken => {
                     if b == b'\r' {
@@ -225,14 +249,26 @@ impl ChunkedDecoder {
                         match b {
                             b';' => State::ExtStart,
                             b'=' if self.state == State::ExtName => State::ExtValueStart,
+                            b' ' | b'\t' if self.state == State::ExtName => State::ExtNameWs,
+                            b' ' | b'\t' => State::ExtValueWs,
                             _ if is_tchar(b) => self.state,
                             _ => return Err(Error::InvalidChunkExtension),
                         }
                     }
                 }
+                State::ExtNameWs | State::ExtValueWs => {
+                    self.ext_byte()?;
+                    match b {
+                        b' ' | b'\t' => self.state,
+                        b';' => State::ExtStart,
+                        b'=' if self.state == State::ExtNameWs => State::ExtValueStart,
+                        _ => return Err(Error::InvalidChunkExtension),
+                    }
+                }
                 State::ExtValueStart => {
                     self.ext_byte()?;
                     match b {
+                        b' ' | b'\t' => State::ExtValueStart,
                         b'"' => State::ExtQuoted,
                         _ if is_tchar(b) => State::ExtToken,
                         _ => return Err(Error::InvalidChunkExtension),
@@ -262,6 +298,10 @@ impl ChunkedDecoder {
                     b';' => {
                         self.ext_byte()?;
                         State::ExtStart
+                    }
+                    b' ' | b'\t' => {
+                        self.ext_byte()?;
+                        State::ExtValueWs
                     }
                     _ => return Err(Error::InvalidChunkExtension),
                 },
@@ -378,6 +418,14 @@ mod tests {
         (b"5;a=b;c;d=e\r\nhello\r\n0;x=y\r\n\r\n", b"hello"),
         (b"5;a=\"b \\\" ;c\"\r\nhello\r\n0\r\n\r\n", b"hello"),
         (b"5;a=\"\";b=\"x\"\r\nhello\r\n0\r\n\r\n", b"hello"),
+        // BWS (RFC 9112 §7.1.1): before `;`, after it, around `=`.
+        (b"5 ;a=b\r\nhello\r\n0\r\n\r\n", b"hello"),
+        (b"5; a=b\r\nhello\r\n0\r\n\r\n", b"hello"),
+        (b"5;a = b\r\nhello\r\n0\r\n\r\n", b"hello"),
+        (
+            b"5\t;\ta\t=\t\"b\" ; c ;d\r\nhello\r\n0 ; e\r\n\r\n",
+            b"hello",
+        ),
         (b"4\r\n\r\n\r\n\r\n0\r\n\r\n", b"\r\n\r\n"),
         (b"0\r\nX-Trailer: v\r\n\r\n", b""),
         (b"0\r\nA: 1\r\nB:\r\nC: \t x \xff\r\n\r\n", b""),
@@ -443,9 +491,39 @@ mod tests {
         ),
         ("tab", b"5\t\r\nhello\r\n", Error::InvalidChunkSize),
         (
-            "BWS before ;",
-            b"5 ;a=b\r\nhello\r\n",
+            "whitespace then CRLF after size",
+            b"5 \t\r\nhello\r\n",
             Error::InvalidChunkSize,
+        ),
+        (
+            "whitespace then a digit",
+            b"5 5\r\nhello\r\n",
+            Error::InvalidChunkSize,
+        ),
+        (
+            "whitespace after an ext name, then CRLF",
+            b"5;a \r\nhello\r\n",
+            Error::InvalidChunkExtension,
+        ),
+        (
+            "whitespace after an ext value, then CRLF",
+            b"5;a=b \r\nhello\r\n",
+            Error::InvalidChunkExtension,
+        ),
+        (
+            "whitespace after a quoted value, then CRLF",
+            b"5;a=\"b\"\t\r\nhello\r\n",
+            Error::InvalidChunkExtension,
+        ),
+        (
+            "whitespace after a value, then =",
+            b"5;a=b =c\r\nhello\r\n",
+            Error::InvalidChunkExtension,
+        ),
+        (
+            "whitespace only after ;",
+            b"5; \r\nhello\r\n",
+            Error::InvalidChunkExtension,
         ),
         (
             "17 digits",
@@ -510,16 +588,6 @@ mod tests {
         (
             "ext space in value",
             b"5;a=b c\r\nhello\r\n",
-            Error::InvalidChunkExtension,
-        ),
-        (
-            "ext BWS after ;",
-            b"5; a\r\nhello\r\n",
-            Error::InvalidChunkExtension,
-        ),
-        (
-            "ext BWS before =",
-            b"5;a =b\r\nhello\r\n",
             Error::InvalidChunkExtension,
         ),
         (
