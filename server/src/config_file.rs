@@ -10,7 +10,7 @@
 //! Invariants:
 //! - A `Config` returned by [`Config::parse`] or [`Config::load`] has passed [`Config::validate`]
 //!   as a whole: a caller may apply it without further checks (route paths insert into a
-//!   `matchit` router without conflict, statuses are 100-599, durations and sizes are in range).
+//!   `matchit` router without conflict, statuses are 200-599, durations and sizes are in range).
 //! - Every error is a [`ConfigError`] whose `Display` is exactly one line:
 //!   `FILE:LINE: FIELD: MESSAGE` (the line is omitted only when nothing in the file locates it,
 //!   e.g. a conflict between two defaulted values).
@@ -297,10 +297,10 @@ impl BuiltinHandler {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixedResponse {
-    /// HTTP status, 100..=599. Default 200.
+    /// HTTP status, 200..=599 (a 1xx is interim, not an answer). Default 200.
     #[serde(default = "default_status")]
     pub status: u16,
-    /// Response body (UTF-8 text). Must be empty for 1xx, 204 and 304. Default `""`.
+    /// Response body (UTF-8 text). Must be empty for 204, 205 and 304. Default `""`.
     #[serde(default)]
     pub body: String,
     /// `Content-Type` header value. Default `"text/plain"`.
@@ -889,13 +889,18 @@ fn check_route(i: usize, r: &RouteConfig) -> Result<(), Issue> {
         (Some(_), None) => {}
         (None, Some(resp)) => {
             let f = |s: &str| format!("routes[{i}].respond.{s}");
-            if !(100..=599).contains(&resp.status) {
+            if !(200..=599).contains(&resp.status) {
+                let why = if (100..200).contains(&resp.status) {
+                    "is an interim status, not an answer"
+                } else {
+                    "is not an HTTP status"
+                };
                 return Err(issue(
                     f("status"),
-                    format!("{} is not an HTTP status (100-599)", resp.status),
+                    format!("{} {why} (a route responds with 200-599)", resp.status),
                 ));
             }
-            let bodyless = resp.status < 200 || resp.status == 204 || resp.status == 304;
+            let bodyless = matches!(resp.status, 204 | 205 | 304);
             if bodyless && !resp.body.is_empty() {
                 return Err(issue(
                     f("body"),
@@ -1777,12 +1782,12 @@ handler = "kv"
             (
                 "[[routes]]\npath = \"/a\"\nhandler = \"hello\"\n\n[[routes]]\npath = \"/v\"\n\
                  respond = { status = 999, body = \"one\" }\n",
-                "percore.toml:7: routes[1].respond.status: 999 is not an HTTP status (100-599)",
+                "percore.toml:7: routes[1].respond.status: 999 is not an HTTP status (a route responds with 200-599)",
             ),
             // invalid status in a standard table
             (
                 "[[routes]]\npath = \"/v\"\n[routes.respond]\nbody = \"x\"\nstatus = 42\n",
-                "percore.toml:5: routes[0].respond.status: 42 is not an HTTP status (100-599)",
+                "percore.toml:5: routes[0].respond.status: 42 is not an HTTP status (a route responds with 200-599)",
             ),
             // invalid duration
             (
@@ -1852,6 +1857,14 @@ handler = "kv"
             (
                 "[[routes]]\npath = \"/a\"\nrespond = { status = 204, body = \"x\" }\n",
                 "percore.toml:3: routes[0].respond.body: a 204 response cannot have a body",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nrespond = { status = 205, body = \"x\" }\n",
+                "percore.toml:3: routes[0].respond.body: a 205 response cannot have a body",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nrespond = { status = 101 }\n",
+                "percore.toml:3: routes[0].respond.status: 101 is an interim status, not an answer (a route responds with 200-599)",
             ),
             (
                 "[[routes]]\npath = \"/a\"\nrespond = { headers = { \"content-length\" = \"3\" } }\n",

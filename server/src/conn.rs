@@ -596,7 +596,9 @@ struct Encoded {
     status: u16,
 }
 
-/// Writes `resp` into the connection's write buffer. An invalid handler header becomes a 500.
+/// Writes `resp` into the connection's write buffer. An invalid handler header, or a status that
+/// cannot end an exchange (1xx, outside 100-599), becomes a 500. A 205 goes out with
+/// `Content-Length: 0` and no body, whatever the handler gave (RFC 9110 §15.3.6).
 fn encode(
     c: &mut Conn,
     app: &App,
@@ -614,8 +616,8 @@ fn encode(
         ConnectionHeader::Omit
     };
     let body = match resp.body {
-        Body::Empty => &b""[..],
-        Body::Bytes(b) => b,
+        Body::Bytes(b) if resp.status != 205 => b,
+        _ => &b""[..],
     };
     let date = app.date();
     let server = app.server_name();
@@ -634,7 +636,13 @@ fn encode(
     };
     let out = c.write_buf();
     let before = out.len();
-    let r = app.write_head(out, &head);
+    // A 1xx is interim: sent as the answer, the client would pair the next response with this
+    // request, and every later one with the wrong request.
+    let r = if (200..=599).contains(&resp.status) {
+        app.write_head(out, &head)
+    } else {
+        Err(http::Error::InvalidResponseHeader)
+    };
     let enc = encoded(
         out,
         r,
