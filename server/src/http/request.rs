@@ -678,11 +678,14 @@ fn semantics<'b>(
                 host = Some(value);
             }
             // HTTP/1.0: Expect is ignored (RFC 9110 §10.1.1).
+            // A list (`#expectation`): an empty one expects nothing.
             6 if version == 1 && name.eq_ignore_ascii_case(b"expect") => {
-                if !value.eq_ignore_ascii_case(b"100-continue") {
-                    return Err(Error::UnsupportedExpectation);
+                for e in list_elements(value).filter(|e| !e.is_empty()) {
+                    if !e.eq_ignore_ascii_case(b"100-continue") {
+                        return Err(Error::UnsupportedExpectation);
+                    }
+                    expect_continue = true;
                 }
-                expect_continue = true;
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for opt in list_elements(value) {
@@ -1205,6 +1208,20 @@ mod tests {
         with_head(b"POST / HTTP/1.0\r\nExpect: whatever\r\n\r\n", |h, _| {
             assert!(!h.expect_continue);
         });
+        // A list: empty elements are no expectation (RFC 9110 §5.6.1, §10.1.1).
+        for (value, expects) in [
+            (&b""[..], false),
+            (b" , ", false),
+            (b", 100-continue,", true),
+        ] {
+            let head = [
+                &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect:"[..],
+                value,
+                b"\r\n\r\n",
+            ]
+            .concat();
+            with_head(&head, |h, _| assert_eq!(h.expect_continue, expects));
+        }
         for host in [
             &b"a"[..],
             b"",
