@@ -461,8 +461,18 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                 decode_chunked(rest, p).map(|done| done.then_some((&p.body[..], p.used)))
             }
         };
+        // Asked to confirm before the body is sent, for a request no handler will read: answer
+        // now instead of asking for content that would be thrown away (RFC 9110 §10.1.1), and
+        // close, since the client may or may not send the body after a final status.
+        let answer_early =
+            head.expect_continue && !carried.continue_sent && !matches!(found, Found::Handler(..));
+        let mut cut_short = false;
         let (body, body_len) = match body {
             Ok(Some(b)) => b,
+            Ok(None) if answer_early => {
+                cut_short = true;
+                (&[][..], rest.len())
+            }
             Ok(None) => {
                 if head.expect_continue {
                     carried.send_continue(c);
@@ -480,7 +490,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                 return reject(c, app, e, is_head, input.len(), answered);
             }
         };
-        let close = !head.keep_alive || c.is_draining();
+        let close = !head.keep_alive || c.is_draining() || cut_short;
         let mut route_id = RouteId::UNMATCHED;
         let resp = {
             match found {

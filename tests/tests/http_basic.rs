@@ -163,6 +163,33 @@ fn echo_content_length_chunked_and_continue() {
     assert_eq!(read_responses(&mut s, 1)[0].body, big);
 }
 
+/// `Expect: 100-continue` on a request no route serves: the final status comes at once, without
+/// a `100 Continue` first, and the connection closes (the client may or may not send the body).
+/// The same request with its body already sent is answered and the connection goes on.
+#[test]
+fn expect_continue_for_a_request_no_route_serves_gets_the_final_status_at_once() {
+    let srv = Server::start(&["--cpus", "0"]);
+    for (target, status) in [("/nowhere", 404), ("/", 405)] {
+        let mut s = srv.connect();
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        );
+        let out = exchange_until_close(&mut s, head.as_bytes());
+        let rs = parse_responses(&out);
+        assert_eq!(rs.len(), 1, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(rs[0].status, status);
+        assert_eq!(rs[0].header("connection"), Some("close"));
+    }
+    let mut s = srv.connect();
+    s.write_all(
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi\
+          GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let rs = read_responses(&mut s, 2);
+    assert_eq!((rs[0].status, rs[1].status), (404, 200));
+}
+
 /// A chunked body that arrives in many small writes, split inside size lines, extensions, data
 /// and CRLFs, is decoded across receives (from where the last one stopped) and echoes exactly;
 /// the request after it on the same connection is answered too.
