@@ -516,7 +516,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                     let resp = Response::status_text(404, b"not found\n");
                     encode(c, app, &resp, is_head, close, http10)
                 }
-                Found::ServerOptions(allow) => {
+                Found::Options(allow) => {
                     // No content: `Content-Length: 0` (RFC 9110 §9.3.7).
                     let resp = Response::new(200).with_header("allow", allow);
                     encode(c, app, &resp, is_head, close, http10)

@@ -1,8 +1,10 @@
 //! Routing: a `matchit` radix tree from path patterns (`/kv/{key}`, `/static/{*rest}`) to routes,
 //! and per-route dispatch by method with 404, and 405 with an `Allow` header.
 //!
-//! Requests that are not about a path get their RFC 9110 answers here too: `OPTIONS *` (about the
-//! server as a whole) lists every method the router serves; CONNECT (a tunnel, which this server
+//! `OPTIONS` on a path that has no handler of its own for it answers with the route's `Allow`
+//! (RFC 9110 §9.3.7), which lists OPTIONS too. Requests that are not about a path get their
+//! RFC 9110 answers here too: `OPTIONS *` (about the server as a whole) lists every method the
+//! router serves; CONNECT (a tunnel, which this server
 //! does not make) and a method no route serves and RFC 9110 does not define (`FOO`, or `get`:
 //! methods are case-sensitive) are 501, not 405, which would claim the method is known.
 //!
@@ -59,8 +61,9 @@ pub enum Found<'a, 'p> {
     MethodNotAllowed(&'a [u8]),
     /// No route matches the path.
     NotFound,
-    /// `OPTIONS *`: the value of `Allow` for the server as a whole.
-    ServerOptions(&'a [u8]),
+    /// `OPTIONS` that no handler serves: the value of `Allow` for the path, or for the server as a
+    /// whole (`OPTIONS *`). The answer is `200` with no content.
+    Options(&'a [u8]),
     /// CONNECT, or a method the server does not recognise: 501.
     NotImplemented,
 }
@@ -148,9 +151,12 @@ impl RouterBuilder {
             if names.contains(&"GET") && !names.contains(&"HEAD") {
                 names.push("HEAD");
             }
+            if !names.contains(&"OPTIONS") {
+                names.push("OPTIONS");
+            }
             route.allow = names.join(", ").into_bytes();
             for n in names {
-                if !served.iter().any(|m| m == n) {
+                if n != "OPTIONS" && !served.iter().any(|m| m == n) {
                     served.push(n.to_string());
                 }
             }
@@ -164,9 +170,7 @@ impl RouterBuilder {
             .filter(|m| !STANDARD_METHODS.contains(&m.as_str()))
             .cloned()
             .collect();
-        if !served.iter().any(|m| m == "OPTIONS") {
-            served.push("OPTIONS".to_string());
-        }
+        served.push("OPTIONS".to_string());
         Ok(Router {
             tree,
             routes,
@@ -200,7 +204,7 @@ impl Router {
     pub fn find<'a, 'p>(&'a self, method: &str, path: &'p str) -> Found<'a, 'p> {
         if !path.starts_with('/') {
             return if path == "*" {
-                Found::ServerOptions(&self.allow_any)
+                Found::Options(&self.allow_any)
             } else {
                 Found::NotImplemented
             };
@@ -212,6 +216,7 @@ impl Router {
                 let route = &self.routes[*m.value];
                 match route.handler(method) {
                     Some(h) => Found::Handler(h, &route.middleware, m.params, *m.value),
+                    None if method == "OPTIONS" => Found::Options(&route.allow),
                     None if !self.recognises(method) => Found::NotImplemented,
                     None => Found::MethodNotAllowed(&route.allow),
                 }
@@ -257,10 +262,27 @@ mod tests {
             "HEAD falls back to GET"
         );
         match r.find("POST", "/kv/x") {
-            Found::MethodNotAllowed(allow) => assert_eq!(allow, b"GET, PUT, HEAD"),
+            Found::MethodNotAllowed(allow) => assert_eq!(allow, b"GET, PUT, HEAD, OPTIONS"),
             _ => panic!("expected 405"),
         }
+        // OPTIONS on a path answers with what the path allows (RFC 9110 §9.3.7) ...
+        match r.find("OPTIONS", "/kv/x") {
+            Found::Options(allow) => assert_eq!(allow, b"GET, PUT, HEAD, OPTIONS"),
+            _ => panic!("expected the path's Allow"),
+        }
+        // ... unless a handler of the route serves it.
+        let own = RouterBuilder::new()
+            .route("GET", "/a", ok())
+            .route("OPTIONS", "/a", ok())
+            .build()
+            .unwrap();
+        assert!(matches!(own.find("OPTIONS", "/a"), Found::Handler(..)));
+        assert!(matches!(
+            own.find("PUT", "/a"),
+            Found::MethodNotAllowed(b"GET, OPTIONS, HEAD")
+        ));
         assert!(matches!(r.find("GET", "/nope"), Found::NotFound));
+        assert!(matches!(r.find("OPTIONS", "/nope"), Found::NotFound));
     }
 
     #[test]
@@ -282,13 +304,13 @@ mod tests {
         // A route's extension method is known everywhere: elsewhere it is 405, not 501.
         assert!(matches!(
             r.find("PURGE", "/a"),
-            Found::MethodNotAllowed(b"GET, HEAD")
+            Found::MethodNotAllowed(b"GET, HEAD, OPTIONS")
         ));
         assert!(matches!(r.find("PURGE", "/cache"), Found::Handler(..)));
         assert!(matches!(r.find("BREW", "/a"), Found::NotImplemented));
         assert!(matches!(r.find("TRACE", "/a"), Found::MethodNotAllowed(_)));
         match r.find("OPTIONS", "*") {
-            Found::ServerOptions(allow) => assert_eq!(allow, b"GET, HEAD, PURGE, OPTIONS"),
+            Found::Options(allow) => assert_eq!(allow, b"GET, HEAD, PURGE, OPTIONS"),
             _ => panic!("expected the server's Allow"),
         }
         assert!(matches!(

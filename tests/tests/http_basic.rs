@@ -80,7 +80,19 @@ fn head_404_and_405_with_allow() {
     let rs = read_responses(&mut s, 2);
     assert_eq!(rs[0].status, 404);
     assert_eq!(rs[1].status, 405);
-    assert_eq!(rs[1].header("allow"), Some("GET, HEAD"));
+    assert_eq!(rs[1].header("allow"), Some("GET, HEAD, OPTIONS"));
+    // OPTIONS on a path: what it allows, no content (RFC 9110 §9.3.7); on no path: 404.
+    s.write_all(
+        b"OPTIONS /kv/a HTTP/1.1\r\nHost: x\r\n\r\nOPTIONS /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let rs = read_responses(&mut s, 2);
+    assert_eq!((rs[0].status, rs[1].status), (200, 404));
+    assert_eq!(
+        rs[0].header("allow"),
+        Some("GET, PUT, DELETE, HEAD, OPTIONS")
+    );
+    assert_eq!(rs[0].header("content-length"), Some("0"));
 }
 
 #[test]
@@ -100,7 +112,7 @@ fn unknown_methods_connect_and_options_asterisk() {
     let rs = read_responses(&mut s, 7);
     let got: Vec<u16> = rs.iter().map(|r| r.status).collect();
     assert_eq!(got, [405, 501, 501, 501, 200, 501, 200]);
-    assert_eq!(rs[0].header("allow"), Some("GET, HEAD"));
+    assert_eq!(rs[0].header("allow"), Some("GET, HEAD, OPTIONS"));
     // `OPTIONS *` is about the server: every method it serves, no content.
     let allow: Vec<&str> = rs[4].header("allow").unwrap().split(", ").collect();
     for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"] {
