@@ -526,18 +526,20 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane) -> std::io::Result<()> {
             return respond(&mut s, 401, "text/plain", "admin token required\n");
         }
     }
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/status") => respond(&mut s, 200, "application/json", &cp.status_json()),
+    // HEAD is GET without the content (RFC 9110 §9.3.2).
+    let head_only = method == "HEAD";
+    let method = if head_only { "GET" } else { method.as_str() };
+    let mut get = |ctype: &str, body: &str| send(&mut s, 200, ctype, body, head_only, None);
+    match (method, path.as_str()) {
+        ("GET", "/status") => get("application/json", &cp.status_json()),
         ("GET", "/config") => {
             let (g, c) = cp.current();
-            respond(
-                &mut s,
-                200,
+            get(
                 "application/toml",
                 &format!("# generation {g}\n{}", c.redacted().effective().to_toml()),
             )
         }
-        ("GET", "/metrics") => respond(&mut s, 200, "text/plain; version=0.0.4", &cp.metrics()),
+        ("GET", "/metrics") => get("text/plain; version=0.0.4", &cp.metrics()),
         ("POST", "/reload") => answer_generation(&mut s, cp.reload(), 422, "reload"),
         ("POST", p) if p.starts_with("/rollback") => {
             let arg = p.trim_start_matches("/rollback").trim_start_matches('/');
@@ -555,10 +557,25 @@ fn handle_admin(mut s: TcpStream, cp: &ControlPlane) -> std::io::Result<()> {
             cp.drain();
             respond(&mut s, 202, "application/json", "{\"draining\":true}")
         }
-        (_, "/status" | "/config" | "/metrics" | "/reload" | "/drain") => {
-            respond(&mut s, 405, "text/plain", "method not allowed\n")
+        (_, p) => {
+            let allow = match p {
+                "/status" | "/config" | "/metrics" => Some("GET, HEAD"),
+                "/reload" | "/drain" => Some("POST"),
+                p if p.starts_with("/rollback") => Some("POST"),
+                _ => None,
+            };
+            match allow {
+                Some(_) => send(
+                    &mut s,
+                    405,
+                    "text/plain",
+                    "method not allowed\n",
+                    head_only,
+                    allow,
+                ),
+                None => send(&mut s, 404, "text/plain", "not found\n", head_only, None),
+            }
         }
-        _ => respond(&mut s, 404, "text/plain", "not found\n"),
     }
 }
 
@@ -597,13 +614,31 @@ fn answer_generation(
 }
 
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    send(s, status, ctype, body, false, None)
+}
+
+/// Writes one response and its `body` (only its length for a HEAD request), with `Date`
+/// (RFC 9110 §6.6.1) and, for a 405, `Allow` (§15.5.6). The connection closes after it.
+fn send(
+    s: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &str,
+    head_only: bool,
+    allow: Option<&str>,
+) -> std::io::Result<()> {
+    let date = http::format_imf_fixdate(std::time::SystemTime::now());
+    let allow = allow.map_or(String::new(), |a| format!("Allow: {a}\r\n"));
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\n{allow}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         http::reason_phrase(status),
+        String::from_utf8_lossy(&date),
         body.len()
     );
     s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
+    if !head_only {
+        s.write_all(body.as_bytes())?;
+    }
     s.flush()
 }
 

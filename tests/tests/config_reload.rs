@@ -286,6 +286,42 @@ fn the_admin_api_serves_a_bounded_number_of_connections() {
     });
 }
 
+/// The admin API answers as an HTTP server must (RFC 9110): `Date` on every response, HEAD as
+/// GET without the content, and `Allow` on a 405.
+#[test]
+fn the_admin_api_serves_head_and_says_what_a_path_allows() {
+    let srv = Server::start(&["--cpus", "0", "--admin", "127.0.0.1:0"]);
+    let get = admin(&srv, "GET", "/status", None);
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("date").map(str::len), Some(29));
+    // HEAD: the same head, no content.
+    let mut s = std::net::TcpStream::connect(srv.admin.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let out = support::exchange_until_close(&mut s, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(text.contains("\r\nDate: "), "{text:?}");
+    let (head, content) = text.split_once("\r\n\r\n").unwrap();
+    assert_eq!(content, "", "HEAD has no content");
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap();
+    assert!(length.parse::<usize>().unwrap() > 0, "{head}");
+    for (method, path, allow) in [
+        ("PUT", "/status", "GET, HEAD"),
+        ("POST", "/config", "GET, HEAD"),
+        ("GET", "/reload", "POST"),
+        ("GET", "/rollback/1", "POST"),
+    ] {
+        let r = admin(&srv, method, path, None);
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+        assert!(r.header("date").is_some(), "{method} {path}");
+    }
+    assert_eq!(admin(&srv, "GET", "/nope", None).status, 404);
+}
+
 #[test]
 fn metrics_parse_and_count_the_requests_sent() {
     let srv = Server::start(&["--shards", "2", "--admin", "127.0.0.1:0"]);
