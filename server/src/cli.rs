@@ -101,8 +101,9 @@ pub struct ServeArgs {
     /// Take the listening sockets from the running server (hot restart) instead of binding.
     #[arg(long)]
     pub upgrade: bool,
-    /// Unix socket for hot-restart handoffs (default $XDG_RUNTIME_DIR/percore/control.sock, else
-    /// /run/percore/control.sock as root, else ./percore-control.sock).
+    /// Unix socket for hot-restart handoffs (default $XDG_RUNTIME_DIR/percore/control-PORT.sock
+    /// for the first --listen port, else /run/percore/control-PORT.sock as root, else
+    /// ./control-PORT.sock; none on port 0).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<std::path::PathBuf>,
     /// Write the serving process's pid here.
@@ -117,10 +118,10 @@ pub struct ServeArgs {
     /// Body inactivity timeout (e.g. `30s`); then 408.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub body_timeout: Option<std::time::Duration>,
-    /// Seconds a drain (SIGTERM) waits for in-flight requests before closing them (default: the
-    /// config's `server.drain_timeout`, 30 s).
-    #[arg(long, value_name = "SECS")]
-    pub drain_timeout: Option<u64>,
+    /// How long a drain (SIGTERM) waits for in-flight requests before closing them (e.g. `30s`,
+    /// `2m`; a bare number is seconds; default: the config's `server.drain_timeout`, 30 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
     /// How long a drain (SIGTERM) keeps accepting new connections before it refuses them (e.g.
     /// `1s`, `0s`; default: the config's `server.drain_accept`, 1 s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -178,6 +179,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// A command-line argument that cannot be used (exit status 2, like a parse error).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -214,6 +227,10 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(()) => 0,
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("percore: {e} (see percore --help)");
+            2
+        }
         Err(e) => {
             eprintln!("percore: {e}");
             1

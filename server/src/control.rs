@@ -32,7 +32,7 @@ use std::{
 use percore_runtime::{ControlHandle, EngineStats, buf::PoolStats};
 
 use crate::{
-    config_file::Config,
+    config_file::{Config, ConfigError},
     http::{self, HEADER_SLOT, Status},
     metrics::{MetricsSnapshot, render_prometheus},
     serve::Control,
@@ -121,7 +121,28 @@ pub struct Overrides {
 
 impl Overrides {
     /// Applies the overrides to `cfg` and validates the result.
-    pub fn apply(&self, mut cfg: Config) -> Result<Config, String> {
+    pub fn apply(&self, cfg: Config) -> Result<Config, String> {
+        self.apply_located(cfg).map_err(|e| e.to_string())
+    }
+
+    /// The flag that set `field` of the config (a [`ConfigError`]'s field), if a flag did: an
+    /// error there is the command line's, not the file's.
+    pub fn flag_for(&self, field: &str) -> Option<&'static str> {
+        let set = |on: bool, flag| on.then_some(flag);
+        match field {
+            "server.listen" => set(!self.listen.is_empty(), "--listen"),
+            "server.cpus" => set(self.cpus.is_some(), "--cpus"),
+            "server.shards" => set(self.shards.is_some(), "--shards"),
+            "admin.listen" => set(self.admin.is_some(), "--admin"),
+            "timeouts.header" => set(self.header_timeout.is_some(), "--header-timeout"),
+            "timeouts.keepalive" => set(self.keepalive_timeout.is_some(), "--keepalive-timeout"),
+            "timeouts.body" => set(self.body_timeout.is_some(), "--body-timeout"),
+            _ => None,
+        }
+    }
+
+    /// [`Overrides::apply`], with the error located.
+    pub fn apply_located(&self, mut cfg: Config) -> Result<Config, ConfigError> {
         if !self.listen.is_empty() {
             cfg.server.listen = self.listen.clone();
         }
@@ -145,7 +166,7 @@ impl Overrides {
         if let Some(t) = self.body_timeout {
             cfg.timeouts.body = t;
         }
-        cfg.validate().map_err(|e| e.to_string())?;
+        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -412,8 +433,8 @@ impl ControlPlane {
     pub fn drain(&self) {
         if !self.draining.swap(true, Ordering::SeqCst) {
             eprintln!(
-                "percore: draining on admin request (deadline {}s)",
-                self.drain_timeout.as_secs()
+                "percore: draining on admin request (deadline {:?})",
+                self.drain_timeout
             );
             let _ = self.ctl.broadcast(Control::Drain {
                 deadline: Instant::now() + self.drain_timeout,

@@ -26,7 +26,7 @@ use percore_runtime::{
 use crate::{
     app::App,
     builtin,
-    cli::ServeArgs,
+    cli::{ServeArgs, UsageError},
     config::ServerConfig,
     config_file::Config,
     control::{ControlPlane, Overrides},
@@ -354,7 +354,9 @@ pub fn start_on(
 /// socket, starts its shards on them, writes the pid file and only then tells the old process it
 /// is ready; any failure before that is reported to the old process, which keeps serving.
 pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    args.cpu_selection()?; // syntax errors in --cpus are argument errors
+    // Syntax errors in --cpus are argument errors.
+    args.cpu_selection()
+        .map_err(|e| UsageError(format!("--cpus: {}", e.trim_start_matches("cpus: "))))?;
     let overrides = Overrides {
         listen: args.listen.clone(),
         cpus: args.cpus.clone(),
@@ -368,14 +370,24 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    let mut cfg = overrides.apply(file)?;
-    if let Some(secs) = args.drain_timeout {
-        cfg.server.drain_timeout = Duration::from_secs(secs);
+    let mut cfg = overrides
+        .apply_located(file)
+        .map_err(|e| -> Box<dyn std::error::Error> {
+            match overrides.flag_for(&e.field) {
+                Some(flag) => Box::new(UsageError(format!("{flag}: {}", e.message))),
+                None => Box::new(e),
+            }
+        })?;
+    if let Some(d) = args.drain_timeout {
+        cfg.server.drain_timeout = d;
     }
     if let Some(d) = args.drain_accept {
         cfg.server.drain_accept = d;
     }
     if args.check {
+        // What start-up would refuse: CPUs outside the affinity mask, more shards than CPUs.
+        cfg.cpu_selection()?
+            .resolve(&percore_runtime::cpus::allowed_cpus())?;
         let origin = args
             .config
             .as_ref()
@@ -618,7 +630,7 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                     }
                     continue;
                 }
-                eprintln!("percore: draining (deadline {}s)", drain_timeout.as_secs());
+                eprintln!("percore: draining (deadline {drain_timeout:?})");
                 let _ = ctl.broadcast(Control::Drain { deadline: Instant::now() + drain_timeout, handoff: false });
             }
         })?;
@@ -712,10 +724,7 @@ fn serve_handoffs(
                 if draining.swap(true, Ordering::SeqCst) {
                     continue;
                 }
-                eprintln!(
-                    "percore: pid {pid} took over; draining (deadline {}s)",
-                    drain_timeout.as_secs()
-                );
+                eprintln!("percore: pid {pid} took over; draining (deadline {drain_timeout:?})");
                 let _ = ctl.broadcast(Control::Drain {
                     deadline: Instant::now() + drain_timeout,
                     handoff: true,

@@ -83,16 +83,16 @@ fn bad_arguments_fail_with_one_line_and_exit_2() {
         &["serve", "--listen", "nonsense"],
         &["serve", "--cpus", "0", "--shards", "1"],
         &["serve", "--header-timeout", "5 parsecs"],
+        &["serve", "--header-timeout", "0"],
+        &["serve", "--shards", "0"],
+        &["serve", "--cpus", "5-2"],
+        &["serve", "--drain-timeout", "18446744073709551615"],
         &["frobnicate"],
     ] {
         let out = Command::new(percore_bin()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let code = out.status.code();
-        // A CPU list that parses but names no allowed CPU is a runtime error (1); syntax is 2.
-        assert!(
-            code == Some(2) || code == Some(1),
-            "{args:?}: {code:?} {stderr}"
-        );
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert_eq!(
             stderr.trim().lines().count(),
             1,
@@ -100,12 +100,21 @@ fn bad_arguments_fail_with_one_line_and_exit_2() {
         );
         assert!(stderr.starts_with("percore: "), "{stderr}");
     }
-    let out = Command::new(percore_bin())
-        .args(["serve", "--cpus", "4000"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not in this process's affinity mask"));
+    // A CPU list that parses but names no allowed CPU is a runtime error (1), and `--check`
+    // finds it too, as it finds more shards than CPUs.
+    for args in [
+        &["serve", "--cpus", "4000"][..],
+        &["serve", "--check", "--cpus", "4000"],
+        &["serve", "--check", "--shards", "4000"],
+    ] {
+        let out = Command::new(percore_bin()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("affinity mask") || stderr.contains("shards requested"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
