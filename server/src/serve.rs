@@ -497,6 +497,23 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         },
     };
+    // The admin listener before the listening line (and before a predecessor is told this
+    // process is ready): a supervisor that sees the line must not then see the process exit over
+    // the admin address. A default address that is taken (another server on this machine)
+    // disables the admin API with a warning; an explicit one is an error. A successor finds the
+    // admin port still held by its draining predecessor: it keeps trying until the predecessor
+    // exits.
+    let admin_listener = match std::net::TcpListener::bind(cfg.admin.listen) {
+        Err(e)
+            if args.admin.is_some()
+                && !(args.upgrade && e.kind() == std::io::ErrorKind::AddrInUse) =>
+        {
+            let e = format!("admin bind {}: {e}", cfg.admin.listen);
+            fail(ready, &e);
+            return Err(e.into());
+        }
+        r => r,
+    };
     // The pid file first: whoever sees the listening line can rely on it.
     if let Some(p) = &args.pid_file
         && let Err(e) = write_pid_file(p)
@@ -533,11 +550,8 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         draining.clone(),
         drain_timeout,
     );
-    // The admin API: its own listener, never the public one. A default address that is taken
-    // (another server on this machine) disables it with a warning; an explicit one is an error.
-    // A successor finds the admin port still held by its draining predecessor: it keeps trying
-    // until the predecessor exits.
-    match std::net::TcpListener::bind(cfg.admin.listen) {
+    // The admin API: its own listener (bound above), never the public one.
+    match admin_listener {
         Ok(l) => {
             println!("percore: admin on http://{}", l.local_addr()?);
             let cp = cp.clone();
@@ -562,15 +576,14 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                     eprintln!("percore: admin API unavailable: {addr} stayed in use");
                 })?;
         }
-        // Only an address given on the command line is worth failing for; the default one may
-        // be taken by another server on this machine.
-        Err(e) if args.admin.is_none() => {
+        // An address given on the command line failed above; the default one may be taken by
+        // another server on this machine.
+        Err(e) => {
             eprintln!(
                 "percore: admin API unavailable: bind {}: {e}",
                 cfg.admin.listen
             );
         }
-        Err(e) => return Err(format!("admin bind {}: {e}", cfg.admin.listen).into()),
     }
     if let Some(path) = &args.config {
         crate::control::watch_config(path.clone(), cp.clone());

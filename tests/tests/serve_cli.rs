@@ -74,6 +74,21 @@ fn a_taken_port_fails_with_one_line_and_exit_1() {
         stderr.trim(),
         format!("percore: bind {}: address in use", srv.addr)
     );
+    // A taken admin address given on the command line fails the same way, before the server
+    // says it is listening (a supervisor waiting for that line must not see it first).
+    let out = Command::new(percore_bin())
+        .args(["serve", "--cpus", "0", "--listen", "127.0.0.1:0", "--admin"])
+        .arg(srv.addr.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("admin bind {}", srv.addr)),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening on"), "{stdout}");
 }
 
 #[test]
