@@ -167,6 +167,9 @@ pub enum ReportCommand {
     },
 }
 
+/// The highest `--rate` accepted: far more than one generator sends.
+pub const MAX_RATE: u64 = 100_000_000;
+
 impl RunArgs {
     /// Cross-argument checks clap cannot express.
     pub fn validate(&self) -> Result<(), Error> {
@@ -192,6 +195,20 @@ impl RunArgs {
         }
         if self.rate == Some(0) {
             return bad("--rate must be > 0 (omit it for a closed loop)".into());
+        }
+        if self.rate.is_some_and(|r| r > MAX_RATE) {
+            return bad(format!(
+                "--rate above {MAX_RATE} requests/s is more than one generator can send"
+            ));
+        }
+        // One descriptor per connection, and a few for the process itself.
+        if let Some(limit) = percore_runtime::sys::open_files_limit() {
+            if self.connections as u64 + 32 > limit {
+                return bad(format!(
+                    "--connections {} needs as many open files; the limit is {limit} (ulimit -n)",
+                    self.connections
+                ));
+            }
         }
         if !(1..=MAX_PIPELINE).contains(&self.pipeline) {
             return bad(format!("--pipeline must be between 1 and {MAX_PIPELINE}"));
@@ -385,6 +402,8 @@ mod tests {
             "-c 1 -t 2 http://h/",
             "-c 2 --cpus 0-3 http://h/",
             "-R 0 http://h/",
+            "-R 10G http://h/",
+            "-c 99999999999 http://h/",
             "--pipeline 0 http://h/",
             "--pipeline 1025 http://h/",
             "-d 0 http://h/",

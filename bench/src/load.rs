@@ -442,6 +442,8 @@ struct Counters {
     reconnects: u64,
     bytes: u64,
     warmup_requests: u64,
+    /// When the last measured response arrived, after the window's start.
+    last_done: Duration,
 }
 
 /// Error kinds a request can end with.
@@ -476,6 +478,8 @@ struct Stats {
     status: Vec<u64>,
     worker: usize,
     tx: mpsc::Sender<Msg>,
+    /// Start of the measured window.
+    ws: Instant,
 }
 
 impl Stats {
@@ -521,6 +525,7 @@ impl Stats {
         self.interval.saturating_record(corrected);
         self.uncorrected.saturating_record(service);
         self.c.requests += 1;
+        self.c.last_done = self.c.last_done.max(now.saturating_duration_since(self.ws));
         if let Some(s) = self.status.get_mut(usize::from(status)) {
             *s += 1;
         }
@@ -529,6 +534,27 @@ impl Stats {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// How many of the requests `m, m + step, m + 2·step, …` of a schedule of `rate` requests/s fall
+/// due in `[from, to)` after its start (request `m` is due at `m / rate` s, in whole
+/// nanoseconds, as `due_time` has it). Counted, not stepped through: at absurd rates a stepped
+/// count took minutes.
+fn due_within(m: u64, step: u64, rate: u64, from: Duration, to: Duration) -> u64 {
+    // The first request due at or after `d`: floor(k·1e9 / rate) >= d  <=>  k >= d·rate / 1e9.
+    let first_at = |d: Duration| -> u128 {
+        let n = d.as_nanos() * u128::from(rate);
+        n.div_ceil(1_000_000_000)
+    };
+    let (m, step) = (u128::from(m), u128::from(step.max(1)));
+    let lo = first_at(from).max(m);
+    let hi = first_at(to);
+    if hi <= lo {
+        return 0;
+    }
+    // Members of m + k·step in [lo, hi).
+    let count = (hi - m).div_ceil(step) - (lo - m).div_ceil(step);
+    u64::try_from(count).unwrap_or(u64::MAX)
 }
 
 /// A worker: shared by its connection tasks.
@@ -590,6 +616,7 @@ async fn worker_main(shard: Shard<()>, plan: Arc<Plan>, gate: Arc<Gate>, tx: mps
             status: vec![0; 1000],
             worker: shard.id,
             tx,
+            ws,
         }),
         plan: plan.clone(),
     });
@@ -818,19 +845,18 @@ impl ConnTask {
         // Whatever is still in flight at the end of the drain timed out; whatever was due in the
         // window and never went out is unsent.
         self.fail_outstanding(Fail::Timeout);
-        if self.open_loop() {
-            let mut unsent = 0;
-            let mut intended = 0;
-            while self.next_intended < self.w.timing.we {
-                if self.measured(self.next_intended) {
-                    unsent += 1;
-                    intended += 1;
-                }
-                self.advance();
-            }
+        if let Some(rate) = self.w.plan.rate {
+            let t = &self.w.timing;
+            let unsent = due_within(
+                self.m,
+                self.w.plan.connections as u64,
+                rate,
+                t.ws.saturating_duration_since(t.t0),
+                t.we.saturating_duration_since(t.t0),
+            );
             let mut st = self.w.stats.borrow_mut();
             st.c.unsent += unsent;
-            st.c.intended += intended;
+            st.c.intended += unsent;
         }
     }
 
@@ -969,10 +995,18 @@ impl ConnTask {
         let now = Instant::now();
         let t = self.w.timing;
         let mut failed = 0;
-        if self.open_loop() {
-            while self.next_intended <= now && self.next_intended < t.we {
-                failed += u64::from(self.measured(self.next_intended));
-                self.advance();
+        if let Some(rate) = self.w.plan.rate {
+            // Every request due until now (within the window's end) is skipped; those in the
+            // window failed.
+            let step = self.w.plan.connections as u64;
+            let to = (now + Duration::from_nanos(1))
+                .min(t.we)
+                .saturating_duration_since(t.t0);
+            let skipped = due_within(self.m, step, rate, Duration::ZERO, to);
+            failed = due_within(self.m, step, rate, t.ws.saturating_duration_since(t.t0), to);
+            if skipped > 0 {
+                self.m += skipped * step;
+                self.next_intended = self.due_time(self.m);
             }
         } else if now >= t.ws && now < t.we {
             failed = 1;
@@ -1125,6 +1159,7 @@ impl Collector {
             c.reconnects += r.c.reconnects;
             c.bytes += r.c.bytes;
             c.warmup_requests += r.c.warmup_requests;
+            c.last_done = c.last_done.max(r.c.last_done);
             let e = &mut c.errors;
             e.connect += r.c.errors.connect;
             e.timeout += r.c.errors.timeout;
@@ -1154,7 +1189,9 @@ impl Collector {
             uncorrected,
             send_lag,
             requests: c.requests,
-            duration: cfg.duration,
+            // Until the last of the window's responses: a server that answers the window's
+            // requests late shows as a lower rate, not as the rate they were sent at.
+            duration: cfg.duration.max(c.last_done),
             target_rps: cfg.rate.map(|r| r as f64),
             status,
             errors: c.errors,
@@ -1174,5 +1211,47 @@ impl Collector {
             start_time,
             intervals,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due_within;
+    use std::time::Duration;
+
+    /// The counted form agrees with stepping through the schedule one request at a time.
+    #[test]
+    fn due_within_counts_what_stepping_counts() {
+        let due = |k: u64, rate: u64| Duration::from_nanos(k * 1_000_000_000 / rate);
+        for rate in [1, 3, 7, 1000, 999_983, 10_000_000] {
+            for step in [1, 2, 5, 64] {
+                for m in [0, 1, 4, 63, 1000] {
+                    for (from_ms, to_ms) in [(0, 0), (0, 10), (3, 10), (10, 3), (1, 2000)] {
+                        let (from, to) =
+                            (Duration::from_millis(from_ms), Duration::from_millis(to_ms));
+                        let mut want = 0;
+                        let mut k = m;
+                        while due(k, rate) < to {
+                            want += u64::from(due(k, rate) >= from);
+                            k += step;
+                        }
+                        assert_eq!(
+                            due_within(m, step, rate, from, to),
+                            want,
+                            "rate {rate} step {step} m {m} [{from_ms}, {to_ms}) ms"
+                        );
+                    }
+                }
+            }
+        }
+        // An absurd rate is counted at once.
+        let n = due_within(
+            0,
+            2,
+            10_000_000_000,
+            Duration::ZERO,
+            Duration::from_secs(10),
+        );
+        assert_eq!(n, 50_000_000_000);
     }
 }

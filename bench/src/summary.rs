@@ -77,7 +77,8 @@ pub struct RunResults {
     pub send_lag: Histogram<u64>,
     /// Completed requests (responses received) in the measured window.
     pub requests: u64,
-    /// Length of the measured window (after warmup).
+    /// From the start of the measured window (after warm-up) to the last of its responses, at
+    /// least the window's length: the span `requests` took.
     pub duration: Duration,
     /// Requested total rate (`-R`), `None` for closed loop.
     pub target_rps: Option<f64>,
@@ -156,9 +157,9 @@ impl LatencyStats {
 pub struct Summary {
     /// Completed requests.
     pub requests: u64,
-    /// Measured seconds.
+    /// Measured seconds: the window, or until its last response came if that was later.
     pub duration_s: f64,
-    /// Achieved requests/s.
+    /// Achieved requests/s: `requests / duration_s`.
     pub rps: f64,
     /// Target requests/s; null for closed loop.
     pub target_rps: Option<f64>,

@@ -71,3 +71,34 @@ fn a_server_pause_shows_in_corrected_percentiles_but_not_in_service_time() {
         "send lag p99 {lag_p99} µs: the pause was charged to the generator"
     );
 }
+
+/// A server that answers the whole window late has not kept up with the rate, even when every
+/// request is answered in the end: the achieved rate is counted until the last of the window's
+/// responses, so it falls below the target and the run says so.
+#[test]
+fn a_window_answered_late_is_under_the_target_rate() {
+    let srv = Server::start();
+    // The first request stops the server for longer than the whole measured window.
+    srv.pause_after(0, Duration::from_millis(1500));
+    let mut cfg = LoadConfig::new(srv.addr, "/");
+    cfg.threads = Some(1);
+    cfg.connections = 4;
+    cfg.rate = Some(1000);
+    cfg.duration = Duration::from_secs(1);
+    cfg.warmup = Duration::ZERO;
+    cfg.timeout = Duration::from_secs(5);
+    let r = run_load(cfg).unwrap();
+    assert_eq!(
+        r.requests, 1000,
+        "errors {:?}, unsent {}",
+        r.errors, r.unsent
+    );
+    assert!(
+        r.duration >= Duration::from_millis(1400),
+        "{:?}",
+        r.duration
+    );
+    assert!(r.achieved_rps() < 750.0, "{}", r.achieved_rps());
+    assert!(r.under_target());
+    assert!(r.text_summary(false).contains("WARNING"));
+}

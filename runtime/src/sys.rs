@@ -54,6 +54,11 @@ fn soft_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
     (rc == 0).then_some(lim.rlim_cur)
 }
 
+/// The soft `RLIMIT_NOFILE`: how many descriptors the process may hold (`None` if unreadable).
+pub fn open_files_limit() -> Option<u64> {
+    soft_limit(libc::RLIMIT_NOFILE)
+}
+
 /// The soft limits that matter to a server, for its start-up log line: `RLIMIT_MEMLOCK` (glommio's
 /// rings) and `RLIMIT_NOFILE` (one descriptor per connection), e.g. `memlock 8192 KiB, nofile
 /// 20000`.
