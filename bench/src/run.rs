@@ -33,16 +33,48 @@ pub struct ReportPaths {
     pub svg: Option<PathBuf>,
 }
 
-/// Writes the report files named in `paths`.
+impl ReportPaths {
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.hgrm, &self.hlog, &self.json, &self.svg]
+            .into_iter()
+            .flatten()
+    }
+
+    /// Fails unless every file can be written, before a run whose results would be lost: opens
+    /// each for writing without truncating it, and removes the ones that did not exist before.
+    pub fn check_writable(&self) -> Result<(), Error> {
+        for p in self.all() {
+            let existed = p.exists();
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .map_err(|e| Error::io(format!("open {} for writing", p.display()), e))?;
+            if !existed {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the report files named in `paths`. One that fails does not stop the others; the first
+/// failure is returned.
 pub fn write_reports(r: &RunResults, paths: &ReportPaths) -> Result<(), Error> {
+    let mut first_err = None;
+    let mut note = |res: Result<(), Error>| {
+        if let Err(e) = res {
+            first_err.get_or_insert(e);
+        }
+    };
     if let Some(p) = &paths.hgrm {
-        crate::hgrm::write_hgrm_file(p, &r.corrected)?;
+        note(crate::hgrm::write_hgrm_file(p, &r.corrected));
     }
     if let Some(p) = &paths.hlog {
-        crate::hlog::write_hlog_file(p, r.start_time, &r.intervals)?;
+        note(crate::hlog::write_hlog_file(p, r.start_time, &r.intervals));
     }
     if let Some(p) = &paths.json {
-        r.summary().write_json_file(p)?;
+        note(r.summary().write_json_file(p));
     }
     if let Some(p) = &paths.svg {
         let runs = [
@@ -55,9 +87,13 @@ pub fn write_reports(r: &RunResults, paths: &ReportPaths) -> Result<(), Error> {
                 Distribution::Histogram(r.uncorrected.clone()),
             ),
         ];
-        crate::plot::plot(&runs, "Latency by Percentile Distribution", p)?;
+        note(crate::plot::plot(
+            &runs,
+            "Latency by Percentile Distribution",
+            p,
+        ));
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }
 
 /// Resolves the target's host and port to one socket address.
@@ -180,6 +216,16 @@ fn run_cli(args: &RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let paths = ReportPaths {
+        hgrm: args.hgrm.clone(),
+        hlog: args.hlog.clone(),
+        json: args.json.clone(),
+        svg: None,
+    };
+    if let Err(e) = paths.check_writable() {
+        eprintln!("percore-bench: {e}");
+        return EXIT_USAGE;
+    }
     let live = !args.quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let url = args.url.as_ref().map(|u| u.to_string()).unwrap_or_default();
     if !args.quiet {
@@ -236,12 +282,6 @@ fn run_cli(args: &RunArgs) -> i32 {
     } else {
         print!("{}", results.text_summary(args.latency));
     }
-    let paths = ReportPaths {
-        hgrm: args.hgrm.clone(),
-        hlog: args.hlog.clone(),
-        json: args.json.clone(),
-        svg: None,
-    };
     if let Err(e) = write_reports(&results, &paths) {
         eprintln!("percore-bench: {e}");
         return EXIT_FAILURE;

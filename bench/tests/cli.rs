@@ -141,6 +141,9 @@ fn bad_arguments_exit_2_with_one_line() {
         vec![],
         vec!["--body", "/nonexistent/body", "http://127.0.0.1:1/"],
         vec!["--mix", "/nonexistent/mix", "http://127.0.0.1:1/"],
+        // Found before the run, whose results would otherwise be lost.
+        vec!["--hgrm", "/nonexistent/x.hgrm", "http://127.0.0.1:1/"],
+        vec!["--json", "/nonexistent/x.json", "http://127.0.0.1:1/"],
         vec![threads.as_str(), conns.as_str(), "http://127.0.0.1:1/"],
         vec!["report", "merge"],
     ] {
