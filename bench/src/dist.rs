@@ -63,7 +63,7 @@ impl Distribution {
     }
 }
 
-/// Load a `.hlog` (all intervals merged) or `.hgrm` file. Other extensions
+/// Load a `.hlog` (its untagged intervals merged) or `.hgrm` file. Other extensions
 /// are sniffed: an interval-log header line means hlog, else hgrm.
 pub fn load_distribution(path: &Path) -> Result<Distribution, Error> {
     let name = path.display().to_string();
@@ -82,8 +82,7 @@ pub fn load_distribution(path: &Path) -> Result<Distribution, Error> {
     };
     if is_hlog {
         let log = hlog::read_hlog(&bytes, &name)?;
-        let merged = hlog::merge_histograms(log.intervals.iter().map(|i| &i.histogram))?
-            .ok_or_else(|| Error::invalid(format!("load {name}"), "no interval histograms"))?;
+        let merged = hlog::merge_untagged(&log.intervals, &format!("load {name}"))?;
         Ok(Distribution::Histogram(merged))
     } else {
         let text = String::from_utf8(bytes)
@@ -104,9 +103,11 @@ mod tests {
         }
         let d1 = Distribution::Histogram(h.clone());
         let d2 = Distribution::Rows(hgrm::parse_hgrm(&hgrm::format_hgrm(&h), "x").unwrap());
-        for q in [0.5, 0.9, 0.99, 1.0] {
+        for q in [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
             let (a, b) = (d1.value_ms_at(q), d2.value_ms_at(q));
-            assert!((a - b).abs() / a < 0.002, "q={q} {a} {b}");
+            // The file has rows only at its percentile steps: the answer snaps to the first row
+            // that covers the quantile, never to one below it.
+            assert!(b >= a - 0.0005 && (b - a) / a < 0.002, "q={q} {a} {b}");
         }
         assert_eq!(d1.max_ms(), d2.max_ms());
         assert_eq!(d1.total_count(), Some(10_000));

@@ -362,11 +362,15 @@ pub fn parse_hgrm(text: &str, name: &str) -> Result<Hgrm, Error> {
     Ok(hgrm)
 }
 
-/// Value (ms) at quantile `q` (0..=1) from rows: the first row whose
-/// percentile reaches `q`, else the last row. `None` for no rows.
+/// Value (ms) at quantile `q` (0..=1) from rows: the first row whose `TotalCount` reaches
+/// `q` of all values, counted as [`value_at_percentile`] counts in a histogram, else the last
+/// row. The count, not the printed percentile: a row's percentile is the level the iteration
+/// reached, which can run ahead of the values it covers. `None` for no rows.
 pub fn rows_value_at(rows: &[PercentileRow], q: f64) -> Option<f64> {
+    let total = rows.last()?.total_count;
+    let wanted = ((q.clamp(0.0, 1.0) * total as f64 + 0.5) as u64).max(1);
     rows.iter()
-        .find(|r| r.percentile >= q - 1e-12)
+        .find(|r| r.total_count >= wanted)
         .or(rows.last())
         .map(|r| r.value_ms)
 }
@@ -507,7 +511,9 @@ Requests/sec:   3969.72
                     2.000 1.000000000000          2\n";
         let j = parse_hgrm(java, "java").unwrap();
         assert_eq!(j.rows[1].total_count, 2);
-        assert_eq!(rows_value_at(&j.rows, 0.5), Some(2.0));
+        // By count, as in a histogram of {1, 2}: the median is the first value.
+        assert_eq!(rows_value_at(&j.rows, 0.5), Some(1.0));
+        assert_eq!(rows_value_at(&j.rows, 0.75), Some(2.0));
         assert_eq!(rows_value_at(&j.rows, 0.0), Some(1.0));
     }
 

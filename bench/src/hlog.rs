@@ -246,11 +246,28 @@ pub fn merge_hlog_files(paths: &[impl AsRef<Path>]) -> Result<Histogram<u64>, Er
     for p in paths {
         all.extend(read_hlog_file(p.as_ref())?.intervals);
     }
-    merge_histograms(all.iter().map(|i| &i.histogram))?.ok_or_else(|| {
-        Error::invalid(
-            "merge hlog files",
-            "the logs contain no interval histograms",
-        )
+    merge_untagged(&all, "merge hlog files")
+}
+
+/// The untagged intervals of a log, merged. A tag marks a series of its own (as HdrHistogram's
+/// HistogramLogProcessor reads a log: the untagged intervals unless a tag is asked for); adding
+/// it to the untagged ones would count the same requests twice. `op` names the operation in the
+/// error for a log without untagged intervals.
+pub fn merge_untagged(intervals: &[Interval], op: &str) -> Result<Histogram<u64>, Error> {
+    let untagged = intervals.iter().filter(|i| i.tag.is_none());
+    merge_histograms(untagged.map(|i| &i.histogram))?.ok_or_else(|| {
+        let mut tags: Vec<&str> = intervals.iter().filter_map(|i| i.tag.as_deref()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        let why = if tags.is_empty() {
+            "the logs contain no interval histograms".to_string()
+        } else {
+            format!(
+                "the logs contain no untagged interval histograms, only tagged ones ({})",
+                tags.join(", ")
+            )
+        };
+        Error::invalid(op, why)
     })
 }
 
@@ -361,6 +378,19 @@ mod tests {
         write_hlog_file(&pe, start, &[]).unwrap();
         assert!(merge_hlog_files(&[&pe]).is_err());
         assert!(merge_hlog_files(&[dir.join("nope.hlog")]).is_err());
+        // Tagged intervals are series of their own: not added to the untagged ones.
+        let mut tagged = a.clone();
+        tagged.extend(a.iter().cloned().map(|mut i| {
+            i.tag = Some("svc".into());
+            i
+        }));
+        let pt = dir.join("tagged.hlog");
+        write_hlog_file(&pt, start, &tagged).unwrap();
+        assert_eq!(merge_hlog_files(&[&pt, &pb]).unwrap(), expected);
+        let only: Vec<Interval> = tagged.into_iter().filter(|i| i.tag.is_some()).collect();
+        write_hlog_file(&pt, start, &only).unwrap();
+        let e = merge_hlog_files(&[&pt]).unwrap_err().to_string();
+        assert!(e.contains("only tagged ones (svc)"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
