@@ -262,19 +262,37 @@ pub fn clap_exit(err: &clap::Error) -> CliExit {
             code: 0,
             message: err.render().to_string(),
         },
-        _ => {
-            let rendered = err.render().to_string();
-            let first = rendered
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            CliExit {
-                code: EXIT_USAGE,
-                message: format!("percore-bench: {first} (see --help)"),
-            }
+        _ => CliExit {
+            code: EXIT_USAGE,
+            message: format!("percore-bench: {} (see --help)", clap_error_line(err)),
+        },
+    }
+}
+
+/// A clap error as one line: its message with what clap puts on the lines below it (the
+/// missing arguments, a tip, the rest of a value that held a line break), without the usage
+/// text. For a command line that names no subcommand, says that one is needed.
+pub fn clap_error_line(err: &clap::Error) -> String {
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a subcommand is required".to_string();
+    }
+    let rendered = err.render().to_string();
+    let message = rendered.split("\nUsage:").next().unwrap_or_default();
+    let mut line = String::new();
+    for part in message.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if part.starts_with("For more information") {
+            continue;
         }
+        if !line.is_empty() {
+            line.push_str(if part.starts_with("tip:") { "; " } else { " " });
+        }
+        line.push_str(part);
+    }
+    if line.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        line
     }
 }
 
@@ -425,6 +443,14 @@ mod tests {
         let e = parse("-c x http://h/").unwrap_err();
         assert!(e.message.contains("--connections"), "{}", e.message);
         assert!(e.message.contains("invalid number 'x'"), "{}", e.message);
+        // What clap lists below its first line is kept: here, the missing argument.
+        let e = parse("report plot a.hgrm").unwrap_err();
+        assert!(e.message.contains("--svg"), "{}", e.message);
+        let e = parse("report").unwrap_err();
+        assert_eq!(
+            e.message,
+            "percore-bench: a subcommand is required (see --help)"
+        );
     }
 
     #[test]

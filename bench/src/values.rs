@@ -8,34 +8,63 @@ use std::time::Duration;
 /// Largest CPU index accepted in a `--cpus` list (guards against `0-4294967295`).
 pub const MAX_CPU_INDEX: usize = 65_535;
 
-/// Parse a duration: an unsigned integer followed by `ms`, `s`, `m` or `h`;
-/// a bare number means seconds. `0` is allowed (callers decide if it is valid).
+/// Parse a duration for the command line: a non-negative decimal number and a unit, one of
+/// `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h` (`500ms`, `1.5s`, `2m`); a bare number means
+/// seconds. `0` is allowed (callers decide if it is valid). At most `u64::MAX` nanoseconds
+/// (584 years), so that adding it to an `Instant` cannot overflow.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_with(s, true)
+}
+
+/// [`parse_duration`], with a bare number (no unit) accepted as seconds or refused (a config
+/// file, where `30` could mean anything).
+pub fn parse_duration_with(s: &str, bare_is_seconds: bool) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let per_unit: u128 = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" if bare_is_seconds => 1_000_000_000,
+        "" => {
+            return Err(format!(
+                "{s:?} is not a duration: missing unit (ms, s, m, h)"
+            ));
+        }
+        u => {
+            return Err(format!(
+                "{s:?} is not a duration: unknown unit {u:?} (ms, s, m, h)"
+            ));
+        }
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits_ok = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty()
+        || !digits_ok(int)
+        || !digits_ok(frac)
+        || (num.contains('.') && frac.is_empty())
+    {
         return Err(format!(
-            "invalid duration '{s}': expected a number with optional unit ms, s, m or h (e.g. 500ms, 30s, 2m)"
+            "{s:?} is not a duration (try \"500ms\", \"10s\", \"2m\")"
         ));
     }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}': number too large"))?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("invalid duration '{s}': too large"))
-    };
-    match unit.to_ascii_lowercase().as_str() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        other => Err(format!(
-            "invalid duration '{s}': unknown unit '{other}' (use ms, s, m or h)"
-        )),
+    let too_long = || format!("{s:?} is too long a duration");
+    let int: u128 = int.parse().map_err(|_| too_long())?;
+    let mut nanos = int.checked_mul(per_unit).ok_or_else(too_long)?;
+    // Fraction digits beyond nanosecond precision are ignored.
+    let mut scale = per_unit;
+    for b in frac.bytes() {
+        scale /= 10;
+        nanos += u128::from(b - b'0') * scale;
     }
+    let nanos = u64::try_from(nanos).map_err(|_| too_long())?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// Parse a count with an optional metric suffix, as wrk does: `100`, `10k`, `2M`, `1G`.
@@ -174,19 +203,30 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("2M"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1 s"), Ok(Duration::from_secs(1)));
         for bad in [
             "",
             "s",
-            "1.5s",
             "10x",
             "-1s",
             "99999999999999999999s",
-            "1 s",
+            "1.s",
+            ".5s",
+            "2M",
+            "1e3s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert!(parse_duration("18446744073709551615h").is_err());
+        assert!(parse_duration("99999999999h").is_err());
+        assert!(parse_duration_with("30", false).is_err());
+        assert_eq!(
+            parse_duration_with("30s", false),
+            Ok(Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
+use percore_bench::values::parse_duration;
 use percore_runtime::cpus::{CpuSelection, parse_cpu_list};
 
 /// percore: a thread-per-core io_uring HTTP/1.1 server.
@@ -72,7 +73,13 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub probe: std::time::Duration,
     /// Open-loop rate as a fraction of the probed capacity.
-    #[arg(long, value_name = "F", default_value_t = 0.6)]
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 0.6,
+        allow_negative_numbers = true,
+        value_parser = parse_fraction
+    )]
     pub fraction: f64,
     /// Generator connections.
     #[arg(long, short = 'c', value_name = "N", default_value_t = 64)]
@@ -156,27 +163,12 @@ impl ServeArgs {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 10s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
+/// Parses a fraction in (0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction in (0, 1]")),
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// A command-line argument that cannot be used (exit status 2, like a parse error).
@@ -201,13 +193,10 @@ pub fn main() -> i32 {
                 print!("{e}");
                 return 0;
             }
-            let msg = e.to_string();
-            let first = msg
-                .lines()
-                .next()
-                .unwrap_or("bad arguments")
-                .trim_start_matches("error: ");
-            eprintln!("percore: {first} (see percore --help)");
+            eprintln!(
+                "percore: {} (see percore --help)",
+                percore_bench::cli::clap_error_line(&e)
+            );
             return 2;
         }
     };

@@ -1005,53 +1005,9 @@ fn check_routes(routes: &[RouteConfig]) -> Result<(), Issue> {
 // ---------------------------------------------------------------------------------------------
 
 /// Parses a duration string: a non-negative decimal number and a unit, one of `ns`, `us` (or
-/// `µs`), `ms`, `s`, `m`, `h`: `"30s"`, `"500ms"`, `"1.5s"`, `"2m"`.
+/// `µs`), `ms`, `s`, `m`, `h`: `"30s"`, `"500ms"`, `"1.5s"`, `"2m"`. A bare number is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = (&t[..split], t[split..].trim());
-    let per_unit: u128 = match unit {
-        "ns" => 1,
-        "us" | "µs" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        "m" => 60_000_000_000,
-        "h" => 3_600_000_000_000,
-        "" => {
-            return Err(format!(
-                "{s:?} is not a duration: missing unit (ms, s, m, h)"
-            ));
-        }
-        u => {
-            return Err(format!(
-                "{s:?} is not a duration: unknown unit {u:?} (ms, s, m, h)"
-            ));
-        }
-    };
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let digits_ok = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty()
-        || !digits_ok(int)
-        || !digits_ok(frac)
-        || (num.contains('.') && frac.is_empty())
-    {
-        return Err(format!(
-            "{s:?} is not a duration (try \"500ms\", \"10s\", \"2m\")"
-        ));
-    }
-    let too_long = || format!("{s:?} is too long a duration");
-    let int: u128 = int.parse().map_err(|_| too_long())?;
-    let mut nanos = int.checked_mul(per_unit).ok_or_else(too_long)?;
-    // Fraction digits beyond nanosecond precision are ignored.
-    let mut scale = per_unit;
-    for b in frac.bytes() {
-        scale /= 10;
-        nanos += u128::from(b - b'0') * scale;
-    }
-    let nanos = u64::try_from(nanos).map_err(|_| too_long())?;
-    Ok(Duration::from_nanos(nanos))
+    percore_bench::values::parse_duration_with(s, false)
 }
 
 /// Formats a duration in the largest unit that represents it exactly (`"30s"`, `"2m"`,

@@ -103,6 +103,9 @@ fn bad_arguments_fail_with_one_line_and_exit_2() {
         &["serve", "--cpus", "5-2"],
         &["serve", "--drain-timeout", "18446744073709551615"],
         &["frobnicate"],
+        &[],
+        &["demo", "--fraction", "-0.5"],
+        &["ctl"],
     ] {
         let out = Command::new(percore_bin()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
