@@ -96,6 +96,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
 const OP_CANCEL: u64 = 3;
+
+/// Received buffers a connection may hold before its receive pauses (16 KiB each by default).
+pub const RX_QUEUE_MAX: u16 = 4;
+/// A paused receive resumes when the connection holds this many or fewer.
+const RX_QUEUE_RESUME: u16 = 1;
 const OP_CONNECT: u64 = 4;
 const OP_ACCEPT: u64 = 5;
 const OP_NOP: u64 = 6;
@@ -330,6 +335,9 @@ pub struct EngineStats {
     pub accept_errors: u64,
     /// Times the receive buffer ring ran dry (a connection was re-armed later, nothing lost).
     pub recv_nobufs: u64,
+    /// Times a connection's receive was paused because it held [`RX_QUEUE_MAX`] buffers it had
+    /// not taken.
+    pub recv_paused: u64,
     /// Bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -353,6 +361,9 @@ enum RxState {
     Idle,
     /// A multishot recv is armed.
     Armed,
+    /// The connection holds [`RX_QUEUE_MAX`] received buffers it has not taken: its recv is
+    /// cancelled (or being cancelled), and armed again once the connection has taken most of them.
+    Paused,
     /// The ring ran dry; the recv must be re-armed when buffers return.
     NeedRearm,
     /// The peer closed its side.
@@ -367,6 +378,10 @@ struct Slot {
     /// Received buffers not yet handed out, as a list threaded through `Bufs::next`.
     rx_head: u16,
     rx_tail: u16,
+    /// How many buffers that list holds.
+    rx_queued: u16,
+    /// A multishot recv of this slot is in the kernel (armed, or cancelled but not yet ended).
+    recv_live: bool,
     reader: Option<Waker>,
     /// The buffer the kernel is sending now, and how much of it went.
     sending: Option<Vec<u8>>,
@@ -399,6 +414,8 @@ impl Slot {
             rx: RxState::Idle,
             rx_head: NO_BID,
             rx_tail: NO_BID,
+            rx_queued: 0,
+            recv_live: false,
             reader: None,
             sending: None,
             sent: 0,
@@ -1421,8 +1438,20 @@ impl Inner {
                     self.bufs.next[s.rx_tail as usize].set(b);
                 }
                 s.rx_tail = b;
+                s.rx_queued += 1;
                 st.stats.bytes_in += res as u64;
             }
+        }
+        let s = st.conns.get_mut(key).expect("checked above");
+        // A connection that does not take what it receives (it waits for a client that does not
+        // read its responses) stops receiving: the shard's buffer ring is shared, and one
+        // connection must not hold all of it. The kernel's receive window then pushes back.
+        let mut pause = false;
+        if more && s.rx == RxState::Armed && s.rx_queued >= RX_QUEUE_MAX && !s.dropped {
+            s.rx = RxState::Paused;
+            s.ops += 1;
+            st.stats.recv_paused += 1;
+            pause = true;
         }
         let s = st.conns.get_mut(key).expect("checked above");
         if res == 0 {
@@ -1432,8 +1461,20 @@ impl Inner {
         } else if res < 0 && res != -libc::ECANCELED {
             s.rx = RxState::Failed(-res);
         }
+        if pause {
+            drop(st);
+            let sqe = opcode::AsyncCancel::new(ud(OP_RECV, key))
+                .build()
+                .user_data(ud(OP_CANCEL, key));
+            self.push(sqe);
+            st = self.st.borrow_mut();
+        }
+        let s = st.conns.get_mut(key).expect("checked above");
         if !more {
-            let rearm_now = s.rx == RxState::Armed && !s.dropped;
+            s.recv_live = false;
+            // Paused, and the connection took its buffers while the cancel was on its way.
+            let resume = s.rx == RxState::Paused && s.rx_queued <= RX_QUEUE_RESUME && !s.dropped;
+            let rearm_now = (s.rx == RxState::Armed || resume) && !s.dropped;
             if s.rx == RxState::Armed && s.dropped {
                 s.rx = RxState::Eof;
             }
@@ -1472,6 +1513,7 @@ impl Inner {
                 return;
             }
             s.rx = RxState::Armed;
+            s.recv_live = true;
             s.ops += 1;
             s.fd
         };
@@ -1634,6 +1676,7 @@ impl Inner {
         let mut b = s.rx_head;
         s.rx_head = NO_BID;
         s.rx_tail = NO_BID;
+        s.rx_queued = 0;
         s.ops += cancels.len() as u8;
         // Count the release itself as an op so the slot cannot vanish under us below.
         s.ops += 1;
@@ -2032,7 +2075,14 @@ fn poll_recv_slot(
         if next == NO_BID {
             s.rx_tail = NO_BID;
         }
+        s.rx_queued -= 1;
         let len = eng.bufs.len[bid as usize].get();
+        // A paused receive resumes once the connection has taken most of what it held (if the
+        // cancelled recv has ended; else its end re-arms it).
+        if s.rx == RxState::Paused && !s.recv_live && s.rx_queued <= RX_QUEUE_RESUME && !s.dropped {
+            drop(st);
+            eng.arm_recv(key);
+        }
         return Poll::Ready(Ok(Some(RecvBuf {
             eng: eng.clone(),
             bid,
