@@ -11,6 +11,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Default body inactivity timeout: nginx's `client_body_timeout` is 60 s; 30 s.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default send timeout: how long a client may leave the responses queued for it unread
+/// before the connection is closed (nginx's `send_timeout` is 60 s).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default cap on response bytes queued for a client that does not read: 4 MiB.
 pub const MAX_UNSENT: usize = 4 << 20;
 
@@ -25,6 +28,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Body inactivity timeout.
     pub body_timeout: Duration,
+    /// How long queued responses may wait for the client to read them.
+    pub send_timeout: Duration,
     /// Response bytes queued before the connection stops reading.
     pub max_unsent: usize,
     /// `Server` header value.
@@ -38,6 +43,7 @@ impl Default for ServerConfig {
             header_timeout: HEADER_TIMEOUT,
             keepalive_timeout: KEEPALIVE_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            send_timeout: SEND_TIMEOUT,
             max_unsent: MAX_UNSENT,
             server_name: "percore".into(),
         }

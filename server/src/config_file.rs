@@ -202,6 +202,10 @@ pub struct TimeoutsSection {
     /// Longest pause between two pieces of a request body; then 408. Default `"30s"`.
     #[serde(deserialize_with = "de_duration")]
     pub body: Duration,
+    /// How long responses may wait for a client that stopped reading them (more than
+    /// `limits.max_unsent` queued, or a drain); then the connection is closed. Default `"60s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub send: Duration,
 }
 
 impl Default for TimeoutsSection {
@@ -210,6 +214,7 @@ impl Default for TimeoutsSection {
             header: crate::config::HEADER_TIMEOUT,
             keepalive: crate::config::KEEPALIVE_TIMEOUT,
             body: crate::config::BODY_TIMEOUT,
+            send: crate::config::SEND_TIMEOUT,
         }
     }
 }
@@ -549,6 +554,7 @@ impl Config {
             header_timeout: self.timeouts.header,
             keepalive_timeout: self.timeouts.keepalive,
             body_timeout: self.timeouts.body,
+            send_timeout: self.timeouts.send,
             max_unsent: usize::try_from(self.limits.max_unsent).unwrap_or(usize::MAX),
             server_name: self.server.server_name.clone(),
         }
@@ -752,7 +758,8 @@ fn check_duration(field: &str, d: Duration, zero_ok: bool) -> Result<(), Issue> 
 fn check_timeouts(t: &TimeoutsSection) -> Result<(), Issue> {
     check_duration("timeouts.header", t.header, false)?;
     check_duration("timeouts.keepalive", t.keepalive, false)?;
-    check_duration("timeouts.body", t.body, false)
+    check_duration("timeouts.body", t.body, false)?;
+    check_duration("timeouts.send", t.send, false)
 }
 
 fn check_buffers(b: &BuffersSection) -> Result<(), Issue> {
@@ -1181,6 +1188,7 @@ impl Config {
             ("header", t.header),
             ("keepalive", t.keepalive),
             ("body", t.body),
+            ("send", t.send),
         ] {
             let _ = writeln!(o, "{k} = {}", toml_str(&format_duration(d)));
         }

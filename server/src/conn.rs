@@ -190,11 +190,17 @@ impl Session {
             if self.c.flush().is_err() {
                 break false;
             }
-            // A client that pipelines faster than it reads: stop reading until it catches up.
-            if self.c.unsent() > self.app.config().max_unsent && self.c.flushed().await.is_err() {
-                break false;
+            // A client that pipelines faster than it reads: stop reading until it catches up,
+            // for at most the send timeout.
+            let cfg = self.app.config();
+            if self.c.unsent() > cfg.max_unsent {
+                self.c.set_deadline(Some(self.c.now() + cfg.send_timeout));
+                if self.c.flushed().await.is_err() {
+                    break false;
+                }
             }
             if self.need == Need::Idle && self.c.is_draining() {
+                self.c.set_deadline(Some(self.c.now() + cfg.send_timeout));
                 let _ = self.c.flushed().await;
                 break false;
             }

@@ -58,3 +58,62 @@ fn a_bad_request_mid_pipeline_answers_the_earlier_ones_then_400_and_close() {
         "nothing after the bad request is answered"
     );
 }
+
+/// Pipelines requests on `hog` until the server stops taking them (it queued responses the
+/// client never reads), up to far more than the shard's whole receive ring (512 × 16 KiB).
+fn write_until_refused(hog: &std::net::TcpStream, chunk: &[u8]) {
+    hog.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut w = hog;
+    let mut written = 0usize;
+    while written < 64 << 20 {
+        match w.write(chunk) {
+            Ok(n) => written += n,
+            Err(_) => return,
+        }
+    }
+    panic!("the server kept reading a client that never reads");
+}
+
+/// A client that pipelines requests and never reads the responses holds only its own
+/// connection: the shard's receive buffers are shared, and it stops being read once it holds a
+/// few unread, so another client is still served.
+#[test]
+fn a_client_that_never_reads_does_not_stall_the_others() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let hog = srv.connect();
+    write_until_refused(&hog, &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2048));
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].status, 200);
+}
+
+/// ... and its connection is closed after the send timeout (`timeouts.send`).
+#[test]
+fn a_client_that_never_reads_is_closed_after_the_send_timeout() {
+    let dir = support::temp_dir("send-timeout");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("percore.toml");
+    std::fs::write(&file, "[timeouts]\nsend = \"1s\"\nheader = \"60s\"\n").unwrap();
+    let srv = Server::start(&["--cpus", "0", "--config", file.to_str().unwrap()]);
+    let hog = srv.connect();
+    let chunk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2048);
+    write_until_refused(&hog, &chunk);
+    // Writing fails once the server has closed the connection (a reset: it had unread bytes).
+    hog.set_write_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut w = &hog;
+    let err = loop {
+        if let Err(e) = w.write(&chunk) {
+            break e;
+        }
+    };
+    assert!(
+        !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the connection of a client that never reads stayed open: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
