@@ -382,6 +382,8 @@ struct Slot {
     rx_queued: u16,
     /// A multishot recv of this slot is in the kernel (armed, or cancelled but not yet ended).
     recv_live: bool,
+    /// The connection asked not to receive for now ([`Conn::hold_recv`]).
+    held: bool,
     reader: Option<Waker>,
     /// The buffer the kernel is sending now, and how much of it went.
     sending: Option<Vec<u8>>,
@@ -416,6 +418,7 @@ impl Slot {
             rx_tail: NO_BID,
             rx_queued: 0,
             recv_live: false,
+            held: false,
             reader: None,
             sending: None,
             sent: 0,
@@ -1473,7 +1476,8 @@ impl Inner {
         if !more {
             s.recv_live = false;
             // Paused, and the connection took its buffers while the cancel was on its way.
-            let resume = s.rx == RxState::Paused && s.rx_queued <= RX_QUEUE_RESUME && !s.dropped;
+            let resume =
+                s.rx == RxState::Paused && s.rx_queued <= RX_QUEUE_RESUME && !s.held && !s.dropped;
             let rearm_now = (s.rx == RxState::Armed || resume) && !s.dropped;
             if s.rx == RxState::Armed && s.dropped {
                 s.rx = RxState::Eof;
@@ -1930,6 +1934,41 @@ impl Conn {
         self.poll_recv(None)
     }
 
+    /// Stops receiving (`true`) until called with `false`: for a connection that waits for its
+    /// client to read and must not hold the shard's receive buffers meanwhile (take what is
+    /// already queued with [`Conn::try_recv`] and keep it elsewhere). Bytes the kernel had
+    /// already delivered before the stop still queue, a few at most.
+    pub fn hold_recv(&mut self, hold: bool) {
+        let cancel = {
+            let mut st = self.eng.st.borrow_mut();
+            let Some(s) = st.conns.get_mut(self.key) else {
+                return;
+            };
+            s.held = hold;
+            if s.dropped {
+                return;
+            }
+            if hold && s.rx == RxState::Armed && s.recv_live {
+                s.rx = RxState::Paused;
+                s.ops += 1;
+                st.stats.recv_paused += 1;
+                true
+            } else {
+                if !hold && s.rx == RxState::Paused && !s.recv_live {
+                    drop(st);
+                    self.eng.arm_recv(self.key);
+                }
+                false
+            }
+        };
+        if cancel {
+            let sqe = opcode::AsyncCancel::new(ud(OP_RECV, self.key))
+                .build()
+                .user_data(ud(OP_CANCEL, self.key));
+            self.eng.push(sqe);
+        }
+    }
+
     fn poll_recv(&mut self, waker: Option<&Waker>) -> Poll<Result<Option<RecvBuf>>> {
         poll_recv_slot(&self.eng, self.key, waker)
     }
@@ -2026,6 +2065,36 @@ impl Conn {
         .await
     }
 
+    /// Like [`Conn::flushed`], but also returns (with `Ok(false)`) as soon as received bytes are
+    /// queued: a connection that holds its receive ([`Conn::hold_recv`]) takes them while it
+    /// waits, so that it holds none of the shard's receive buffers. `Ok(true)` once flushed.
+    pub async fn flushed_or_received(&mut self) -> Result<bool> {
+        self.flush()?;
+        poll_fn(|cx| {
+            let mut st = self.eng.st.borrow_mut();
+            let s = st
+                .conns
+                .get_mut(self.key)
+                .expect("slot lives while its Conn does");
+            if let Some(e) = s.write_err {
+                return Poll::Ready(Err(Error::from_cqe("send", -e)));
+            }
+            if s.sending.is_none() && s.queued.is_none() {
+                return Poll::Ready(Ok(true));
+            }
+            if s.rx_head != NO_BID {
+                return Poll::Ready(Ok(false));
+            }
+            if s.timed_out {
+                return Poll::Ready(Err(Error::TimedOut));
+            }
+            s.writer = Some(cx.waker().clone());
+            s.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Sets (or clears) the deadline after which `recv` and `flushed` fail with `TimedOut`.
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         set_deadline_slot(&self.eng, self.key, deadline);
@@ -2079,7 +2148,12 @@ fn poll_recv_slot(
         let len = eng.bufs.len[bid as usize].get();
         // A paused receive resumes once the connection has taken most of what it held (if the
         // cancelled recv has ended; else its end re-arms it).
-        if s.rx == RxState::Paused && !s.recv_live && s.rx_queued <= RX_QUEUE_RESUME && !s.dropped {
+        if s.rx == RxState::Paused
+            && !s.recv_live
+            && s.rx_queued <= RX_QUEUE_RESUME
+            && !s.held
+            && !s.dropped
+        {
             drop(st);
             eng.arm_recv(key);
         }

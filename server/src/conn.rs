@@ -194,8 +194,25 @@ impl Session {
             // for at most the send timeout.
             let cfg = self.app.config();
             if self.c.unsent() > cfg.max_unsent {
+                // Meanwhile it holds none of the shard's receive buffers (they are shared): what
+                // it received moves to its own buffer, answered once the client reads.
+                self.c.hold_recv(true);
                 self.c.set_deadline(Some(self.c.now() + cfg.send_timeout));
-                if self.c.flushed().await.is_err() {
+                let flushed = loop {
+                    while let std::task::Poll::Ready(Ok(Some(b))) = self.c.try_recv() {
+                        if self.pending.capacity() == 0 {
+                            self.pending = self.app.engine.pool().take();
+                        }
+                        self.pending.extend_from_slice(&b);
+                        self.reprocess = true;
+                    }
+                    match self.c.flushed_or_received().await {
+                        Ok(false) => continue,
+                        done => break done,
+                    }
+                };
+                self.c.hold_recv(false);
+                if flushed.is_err() {
                     break false;
                 }
             }
