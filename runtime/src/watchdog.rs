@@ -16,7 +16,8 @@
 //! - the report is one line on stderr with the shard and how long it has run, followed by the
 //!   stalled thread's backtrace, captured by a `SIGUSR1` handler on that thread and symbolised on
 //!   the watchdog thread; the stall counter ([`crate::shard::stalls_total`]) counts it once per
-//!   stall, not once per tick.
+//!   stall, not once per tick. A shard is reported at most once per `REPORT_EVERY` (10 s); the
+//!   stalls in between are counted, and the next report says how many.
 //!
 //! Tasks beat through [`beat`]; the engine's driver does on every turn, so under network load a
 //! shard beats every few microseconds.
@@ -289,7 +290,15 @@ struct Seen {
     /// The ticker's count, and when the watchdog saw it move.
     ticks: u64,
     ticked: Option<std::time::Instant>,
+    /// When the last stall report went out, and the stalls counted since without one.
+    last_report: Option<std::time::Instant>,
+    unreported: u64,
 }
+
+/// At most one stall report (a headline and a backtrace, ~60 lines) per shard in this long:
+/// a shard that stalls again and again (large copies under load) would flood the log. The
+/// stalls in between are counted, and the next report says how many.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// A shard is not reported during its first second: its first reactor passes submit glommio's
 /// start-up work (one `io_uring_enter` was seen taking 10 ms of CPU), which is set-up, not a
@@ -364,7 +373,16 @@ fn watch(slots: &[Arc<Slot>], threshold: Option<Duration>, stop: &AtomicBool, st
             seen.still += ran;
             if seen.still >= threshold && !seen.reported {
                 seen.reported = true;
-                report(slot, seen.still);
+                if seen
+                    .last_report
+                    .is_some_and(|t| now.duration_since(t) < REPORT_EVERY)
+                {
+                    seen.unreported += 1;
+                } else {
+                    report(slot, seen.still, seen.unreported);
+                    seen.last_report = Some(now);
+                    seen.unreported = 0;
+                }
                 // Counted once the report is out (tests wait on the counter).
                 stalls.fetch_add(1, Ordering::Relaxed);
             }
@@ -402,9 +420,14 @@ fn stranded(
 }
 
 /// Prints one stall: the headline, then the stalled thread's stack as far as it can be captured.
-fn report(slot: &Slot, ran: Duration) {
+fn report(slot: &Slot, ran: Duration, unreported: u64) {
+    let also = if unreported > 0 {
+        format!(" ({unreported} more stalls since the last report, not shown)")
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "percore: {}{} stalled: a task has held the shard for {} ms of CPU without yielding\n",
+        "percore: {}{} stalled: a task has held the shard for {} ms of CPU without yielding{also}\n",
         crate::shard::SHARD_THREAD_PREFIX,
         slot.shard,
         ran.as_millis()

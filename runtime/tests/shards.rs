@@ -255,12 +255,12 @@ fn a_panicking_shard_ends_the_process_with_an_error() {
     assert!(stderr.contains("percore: shard 0 panicked"), "{stderr}");
 }
 
-/// Spins without yielding until the watchdog has reported the shard (or 20 s pass).
+/// Spins without yielding until the watchdog has counted `n` stalls (or 20 s pass).
 #[inline(never)]
-fn hog_the_shard_until_reported() {
+fn hog_the_shard_until_reported(n: u64) {
     let give_up = Instant::now() + Duration::from_secs(20);
     let mut x = 0u64;
-    while percore_runtime::shard::stalls_total() == 0 && Instant::now() < give_up {
+    while percore_runtime::shard::stalls_total() < n && Instant::now() < give_up {
         x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
     }
 }
@@ -274,8 +274,11 @@ fn a_task_that_holds_its_shard_is_reported_once_with_a_backtrace() {
             .spawn(
                 Arc::new(ListenerTable::default()),
                 |_shard: percore_runtime::Shard<()>| async {
-                    hog_the_shard_until_reported();
+                    hog_the_shard_until_reported(1);
                     // Idle afterwards: sleeping in the reactor is never a stall.
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                    // A second stall soon after is counted, but not reported again.
+                    hog_the_shard_until_reported(2);
                     glommio::timer::sleep(Duration::from_millis(200)).await;
                 },
             )
@@ -296,7 +299,7 @@ fn a_task_that_holds_its_shard_is_reported_once_with_a_backtrace() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stderr: {stderr}");
-    assert!(stdout.contains("stalls=1"), "one stall counted: {stdout}");
+    assert!(stdout.contains("stalls=2"), "two stalls counted: {stdout}");
     assert_eq!(
         stderr.matches("stalled: a task has held the shard").count(),
         1,
