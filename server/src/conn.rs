@@ -630,7 +630,7 @@ struct Encoded {
 }
 
 /// Writes `resp` into the connection's write buffer. An invalid handler header, or a status that
-/// cannot end an exchange (1xx, outside 100-599), becomes a 500. A 205 goes out with
+/// cannot end an exchange (1xx, or anything outside 100-599), becomes a 500 and a close. A 205 goes out with
 /// `Content-Length: 0` and no body, whatever the handler gave (RFC 9110 §15.3.6).
 fn encode(
     c: &mut Conn,
