@@ -50,7 +50,7 @@ use std::{
         atomic::{AtomicU64, AtomicU8, Ordering},
         Arc, OnceLock,
     },
-    task::{Poll, Waker},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -2044,25 +2044,7 @@ impl Conn {
     /// graceful close). Fails on a send error or when the deadline passes.
     pub async fn flushed(&mut self) -> Result<()> {
         self.flush()?;
-        poll_fn(|cx| {
-            let mut st = self.eng.st.borrow_mut();
-            let s = st
-                .conns
-                .get_mut(self.key)
-                .expect("slot lives while its Conn does");
-            if let Some(e) = s.write_err {
-                return Poll::Ready(Err(Error::from_cqe("send", -e)));
-            }
-            if s.sending.is_none() && s.queued.is_none() {
-                return Poll::Ready(Ok(()));
-            }
-            if s.timed_out {
-                return Poll::Ready(Err(Error::TimedOut));
-            }
-            s.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_flushed(cx, false)).await.map(|_| ())
     }
 
     /// Like [`Conn::flushed`], but also returns (with `Ok(false)`) as soon as received bytes are
@@ -2070,29 +2052,34 @@ impl Conn {
     /// waits, so that it holds none of the shard's receive buffers. `Ok(true)` once flushed.
     pub async fn flushed_or_received(&mut self) -> Result<bool> {
         self.flush()?;
-        poll_fn(|cx| {
-            let mut st = self.eng.st.borrow_mut();
-            let s = st
-                .conns
-                .get_mut(self.key)
-                .expect("slot lives while its Conn does");
-            if let Some(e) = s.write_err {
-                return Poll::Ready(Err(Error::from_cqe("send", -e)));
-            }
-            if s.sending.is_none() && s.queued.is_none() {
-                return Poll::Ready(Ok(true));
-            }
-            if s.rx_head != NO_BID {
-                return Poll::Ready(Ok(false));
-            }
-            if s.timed_out {
-                return Poll::Ready(Err(Error::TimedOut));
-            }
-            s.writer = Some(cx.waker().clone());
+        poll_fn(|cx| self.poll_flushed(cx, true)).await
+    }
+
+    /// Ready with `Ok(true)` once everything is sent or, with `or_received`, with `Ok(false)` once
+    /// received bytes are queued; an error on a send error or after the deadline.
+    fn poll_flushed(&self, cx: &mut Context<'_>, or_received: bool) -> Poll<Result<bool>> {
+        let mut st = self.eng.st.borrow_mut();
+        let s = st
+            .conns
+            .get_mut(self.key)
+            .expect("slot lives while its Conn does");
+        if let Some(e) = s.write_err {
+            return Poll::Ready(Err(Error::from_cqe("send", -e)));
+        }
+        if s.sending.is_none() && s.queued.is_none() {
+            return Poll::Ready(Ok(true));
+        }
+        if or_received && s.rx_head != NO_BID {
+            return Poll::Ready(Ok(false));
+        }
+        if s.timed_out {
+            return Poll::Ready(Err(Error::TimedOut));
+        }
+        s.writer = Some(cx.waker().clone());
+        if or_received {
             s.reader = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
     }
 
     /// Sets (or clears) the deadline after which `recv` and `flushed` fail with `TimedOut`.
