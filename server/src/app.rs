@@ -134,7 +134,7 @@ impl App {
         out: &mut Vec<u8>,
         head: &ResponseHead<'_>,
     ) -> Result<(), http::Error> {
-        self.date_fresh();
+        // `head.date` came from `App::date`, which refreshed the date and this prefix with it.
         let prefix = self.head_200.borrow();
         if head.status == 200 && !prefix.is_empty() {
             http::write_head_with_prefix(out, &prefix, head)

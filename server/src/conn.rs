@@ -487,12 +487,14 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         // Asked to confirm before the body is sent, for a request no handler will read: answer
         // now instead of asking for content that would be thrown away (RFC 9110 §10.1.1), and
         // close, since the client may or may not send the body after a final status.
-        let answer_early =
-            head.expect_continue && !carried.continue_sent && !matches!(found, Found::Handler(..));
         let mut cut_short = false;
         let (body, body_len) = match body {
             Ok(Some(b)) => b,
-            Ok(None) if answer_early => {
+            Ok(None)
+                if head.expect_continue
+                    && !carried.continue_sent
+                    && !matches!(found, Found::Handler(..)) =>
+            {
                 cut_short = true;
                 (&[][..], rest.len())
             }
