@@ -22,20 +22,26 @@ use percore_bench::{hgrm::value_at_percentile, run_load, LoadConfig};
 mod support;
 use support::Server;
 
+/// 1000 requests/s on one worker over `connections`, for `secs` without warm-up, each request
+/// given up after `timeout_secs`.
+fn open_loop(srv: &Server, connections: usize, secs: u64, timeout_secs: u64) -> LoadConfig {
+    let mut cfg = LoadConfig::new(srv.addr, "/");
+    cfg.threads = Some(1);
+    cfg.connections = connections;
+    cfg.rate = Some(1000);
+    cfg.duration = Duration::from_secs(secs);
+    cfg.warmup = Duration::ZERO;
+    cfg.timeout = Duration::from_secs(timeout_secs);
+    cfg
+}
+
 #[test]
 fn a_server_pause_shows_in_corrected_percentiles_but_not_in_service_time() {
     let pause = Duration::from_millis(500);
     let srv = Server::start();
     // About 0.3 s into the run the server stops answering for 0.5 s.
     srv.pause_after(300, pause);
-    let mut cfg = LoadConfig::new(srv.addr, "/");
-    cfg.threads = Some(1);
-    cfg.connections = 8;
-    cfg.rate = Some(1000);
-    cfg.duration = Duration::from_secs(2);
-    cfg.warmup = Duration::ZERO;
-    cfg.timeout = Duration::from_secs(2);
-    let r = run_load(cfg).unwrap();
+    let r = run_load(open_loop(&srv, 8, 2, 2)).unwrap();
     assert_eq!(r.intended, 2000);
     assert_eq!(
         r.requests, 2000,
@@ -80,14 +86,7 @@ fn a_window_answered_late_is_under_the_target_rate() {
     let srv = Server::start();
     // The first request stops the server for longer than the whole measured window.
     srv.pause_after(0, Duration::from_millis(1500));
-    let mut cfg = LoadConfig::new(srv.addr, "/");
-    cfg.threads = Some(1);
-    cfg.connections = 4;
-    cfg.rate = Some(1000);
-    cfg.duration = Duration::from_secs(1);
-    cfg.warmup = Duration::ZERO;
-    cfg.timeout = Duration::from_secs(5);
-    let r = run_load(cfg).unwrap();
+    let r = run_load(open_loop(&srv, 4, 1, 5)).unwrap();
     assert_eq!(
         r.requests, 1000,
         "errors {:?}, unsent {}",
