@@ -8,7 +8,11 @@
 //!
 //! Both pools are `Rc`-shared inside one shard and must never cross threads.
 
-use std::{cell::RefCell, rc::Rc};
+use std::{
+    cell::RefCell,
+    rc::Rc,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use bumpalo::Bump;
 
@@ -17,6 +21,31 @@ pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 
 /// How many free buffers a pool keeps before it lets returned ones go to the allocator.
 pub const DEFAULT_POOL_KEEP: usize = 1024;
+
+/// The most memory a pooled arena keeps between requests: an arena that grew past it (a request
+/// that buffered a large body) goes back to the allocator instead of the pool, so that a burst of
+/// large requests does not pin its peak memory in up to [`DEFAULT_POOL_KEEP`] arenas forever.
+pub const ARENA_KEEP_BYTES: usize = 64 * 1024;
+
+/// Bytes of large blocks (arenas and buffers that outgrew their pool) freed since the allocator
+/// was last asked to give free memory back to the system: process-wide, read by the watchdog
+/// thread (see [`crate::watchdog`]), which trims the heap once a burst of them has ended.
+static LARGE_FREED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a large block handed back to the allocator.
+fn note_large_free(bytes: usize) {
+    LARGE_FREED.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Bytes of large blocks freed since the last [`take_large_freed`].
+pub(crate) fn large_freed() -> usize {
+    LARGE_FREED.load(Ordering::Relaxed)
+}
+
+/// Forgets `bytes` of the large blocks counted so far (the heap was just trimmed).
+pub(crate) fn take_large_freed(bytes: usize) {
+    LARGE_FREED.fetch_sub(bytes, Ordering::Relaxed);
+}
 
 /// Counters of a buffer pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +104,9 @@ impl BufferPool {
     pub fn give(&self, mut buf: Vec<u8>) {
         let mut p = self.inner.borrow_mut();
         p.in_use = p.in_use.saturating_sub(1);
-        if p.free.len() < p.keep && buf.capacity() >= p.size && buf.capacity() <= 2 * p.size {
+        if buf.capacity() > 2 * p.size {
+            note_large_free(buf.capacity());
+        } else if p.free.len() < p.keep && buf.capacity() >= p.size {
             buf.clear();
             p.free.push(buf);
         }
@@ -122,9 +153,16 @@ impl ArenaPool {
             .unwrap_or_else(|| Bump::with_capacity(self.chunk))
     }
 
-    /// Resets an arena and gives it back.
+    /// Resets an arena and gives it back. An arena that kept more than [`ARENA_KEEP_BYTES`] (a
+    /// reset keeps its largest chunk) is freed instead.
     pub fn give(&self, mut arena: Bump) {
+        let used = arena.allocated_bytes();
         arena.reset();
+        if arena.allocated_bytes() > ARENA_KEEP_BYTES {
+            // The reset freed the smaller chunks, dropping it frees the largest: count them all.
+            note_large_free(used);
+            return;
+        }
         let mut f = self.free.borrow_mut();
         if f.len() < DEFAULT_POOL_KEEP {
             f.push(arena);
@@ -183,7 +221,9 @@ mod tests {
         let pool = BufferPool::new(1024, 8);
         let mut a = pool.take();
         a.reserve(10_000);
+        let freed = large_freed();
         pool.give(a);
+        assert!(large_freed() >= freed + 10_000, "counted for the heap trim");
         assert_eq!(pool.stats().free, 0);
         assert_eq!(pool.stats().in_use, 0);
     }
@@ -220,5 +260,22 @@ mod tests {
         assert_eq!(b.allocated_bytes(), before, "memory kept");
         pool.give(b);
         assert_eq!(pool.free(), 1);
+    }
+
+    #[test]
+    fn an_arena_that_grew_large_is_freed_not_pooled() {
+        let pool = ArenaPool::new(4096);
+        let a = pool.take();
+        let _big: &mut [u8] = a.alloc_slice_fill_copy(4 * ARENA_KEEP_BYTES, 1u8);
+        let freed = large_freed();
+        pool.give(a);
+        assert_eq!(pool.free(), 0, "a large arena is not kept");
+        // Other tests may free large blocks meanwhile: at least this one was counted.
+        assert!(large_freed() >= freed + 4 * ARENA_KEEP_BYTES);
+        let b = pool.take();
+        assert!(b.allocated_bytes() <= ARENA_KEEP_BYTES);
+        let _small: &mut [u8] = b.alloc_slice_fill_copy(ARENA_KEEP_BYTES / 2, 1u8);
+        pool.give(b);
+        assert_eq!(pool.free(), 1, "an arena within the bound is kept");
     }
 }

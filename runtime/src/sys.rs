@@ -236,6 +236,17 @@ pub fn thread_cpu() -> Duration {
     cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default()
 }
 
+/// Asks the allocator to give free heap memory back to the system (glibc's `malloc_trim`:
+/// every arena's free pages, not only the top of each heap). Other allocators return memory on
+/// their own; elsewhere this does nothing.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it takes each arena's lock itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The CPU the calling thread runs on now.
 pub fn current_cpu() -> usize {
     // SAFETY: sched_getcpu takes no arguments.

@@ -374,6 +374,11 @@ impl ControlPlane {
             "Times the watchdog woke a shard whose executor slept with work queued.",
             percore_runtime::watchdog::rescues_total(),
         );
+        counter(
+            "percore_heap_trims_total",
+            "Times free heap memory was given back to the system after a burst of large requests.",
+            percore_runtime::watchdog::heap_trims_total(),
+        );
         text
     }
 

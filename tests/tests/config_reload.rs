@@ -376,6 +376,11 @@ fn metrics_parse_and_count_the_requests_sent() {
         text.contains("# TYPE percore_rescues_total counter\npercore_rescues_total "),
         "{text}"
     );
+    // So are the heap trims after bursts of large requests.
+    assert!(
+        text.contains("# TYPE percore_heap_trims_total counter\npercore_heap_trims_total "),
+        "{text}"
+    );
     let generic = text
         .lines()
         .filter(|l| l.ends_with("Per-shard gauge."))

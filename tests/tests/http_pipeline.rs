@@ -117,3 +117,55 @@ fn a_client_that_never_reads_is_closed_after_the_send_timeout() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The server's resident memory, from /proc.
+fn rss_kib(srv: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A burst of large uploads does not pin its peak memory: once it is over, the server gives
+/// back what those requests took (each buffered a 1 MB body in its arena and answered with
+/// a 1 MB response).
+#[test]
+fn memory_taken_by_a_burst_of_large_uploads_is_given_back() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let warm = support::request(
+        srv.addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(warm.status, 200);
+    let before = rss_kib(&srv);
+    const SIZE: usize = 1 << 20;
+    let mut req = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    req.resize(req.len() + SIZE, b'a');
+    std::thread::scope(|sc| {
+        for _ in 0..40 {
+            sc.spawn(|| {
+                let mut s = srv.connect();
+                let out = exchange_until_close(&mut s, &req);
+                let r = parse_responses(&out);
+                assert_eq!(r[0].status, 200);
+                assert_eq!(r[0].body.len(), SIZE);
+            });
+        }
+    });
+    let peak = rss_kib(&srv);
+    // Waits on the condition itself: the memory comes back once the burst has been over for a
+    // moment, or the test fails after half a minute.
+    let limit = before + 16 * 1024;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut now = peak;
+    while now > limit && std::time::Instant::now() < give_up {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = rss_kib(&srv);
+    }
+    assert!(
+        now <= limit,
+        "RSS {now} KiB half a minute after the burst (before it {before} KiB, right after {peak} KiB)"
+    );
+}
