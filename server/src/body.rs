@@ -18,6 +18,9 @@ use percore_runtime::{ConnReader, Error as RtError, RecvBuf};
 
 use crate::http::{self, ChunkedDecoder};
 
+/// The most [`BodyReader::read_to_end`] reserves up front for a body of announced length.
+const PRESIZE_MAX: u64 = 4 << 20;
+
 /// How the body is framed.
 enum Frame {
     /// Content-Length: this many bytes still to come.
@@ -118,7 +121,21 @@ impl<'r> BodyReader<'r> {
 
     /// Reads the rest of the body into the request arena (at most the body limit).
     pub async fn read_to_end(&self, arena: &'r Bump) -> Result<&'r [u8], http::Error> {
-        let mut body = bumpalo::collections::Vec::new_in(arena);
+        // A Content-Length body gets its whole size at once (the head was checked against the
+        // body limit), plus the last read's room: growing by doubling would leave the arena
+        // with about twice the body in chunks, and copy it on every growth. Up to
+        // `PRESIZE_MAX`: a client that announces a large body and sends nothing gets no more
+        // than that reserved for it (pages it never sends are never touched either).
+        let expected = match &self.st.borrow().frame {
+            Frame::Length(n) => {
+                usize::try_from((*n).min(self.max_body).min(PRESIZE_MAX)).unwrap_or(0)
+            }
+            Frame::Chunked(_) => 0,
+        };
+        let mut body = bumpalo::collections::Vec::with_capacity_in(
+            if expected > 0 { expected + 4096 } else { 0 },
+            arena,
+        );
         loop {
             // Read straight into the arena vector's next 4 KiB (no bounce buffer).
             let len = body.len();
