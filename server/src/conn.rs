@@ -74,6 +74,9 @@ struct ChunkProgress {
 struct Carried {
     /// `100 Continue` went out for that request.
     continue_sent: bool,
+    /// Its middleware's `before` hooks let it through before its body was asked for
+    /// (`Expect: 100-continue`); they are not asked again once the body is complete.
+    before_passed: bool,
     /// Its chunked body decoded so far. Boxed: the connection task's size is what every idle
     /// connection costs (unboxed, ~190 bytes more per idle connection at 10,000 connections).
     chunk: Option<Box<ChunkProgress>>,
@@ -95,6 +98,7 @@ impl Carried {
     /// The request is answered (or abandoned): forget its body state.
     fn request_done(&mut self, app: &App) {
         self.continue_sent = false;
+        self.before_passed = false;
         if let Some(p) = self.chunk.take() {
             app.engine.pool().give(p.body);
         }
@@ -385,10 +389,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         let started = c.now();
         if streams && head.body != BodyKind::None {
             // The handler reads the body as it arrives: call it now.
-            if head.expect_continue {
-                carried.send_continue(c);
-            }
-            carried.request_done(app);
+            let ask = head.expect_continue && !carried.continue_sent;
             let length = match head.body {
                 BodyKind::Length(n) => Some(n),
                 _ => None,
@@ -408,21 +409,34 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                     arena: &arena,
                     shard: app.shard,
                 };
-                let resp = run_handler(handler.as_ref(), middleware, &req).await;
-                // The rest of the body is read (and dropped) before the response goes out.
-                let end = reader.finish().await;
-                app.metrics.add_bytes_in(reader.bytes_in());
-                match end {
-                    Ok(end) => {
-                        // Decided now: a drain may have begun while the body arrived.
-                        let close = !keep_alive || c.is_draining();
-                        let enc = encode(c, app, &resp, is_head, close, http10);
-                        (enc.status, enc.close, Some(end))
-                    }
-                    Err(http::Error::IncompleteBody) => (400, true, None),
-                    Err(e) => {
-                        write_error(c.write_buf(), e, is_head, &app.date(), &app.server_name());
-                        (e.status(), true, None)
+                // Middleware decides before the body is asked for: an answer then goes out at
+                // once, with a close (the client may or may not send the body after it).
+                let before = check_before(middleware, &req);
+                if ask && before.is_none() {
+                    carried.send_continue(c);
+                }
+                carried.request_done(app);
+                let cut_short = ask && before.is_some();
+                let resp = run_handler(handler.as_ref(), middleware, &req, Some(before)).await;
+                if cut_short {
+                    let enc = encode(c, app, &resp, is_head, true, http10);
+                    (enc.status, true, None)
+                } else {
+                    // The rest of the body is read (and dropped) before the response goes out.
+                    let end = reader.finish().await;
+                    app.metrics.add_bytes_in(reader.bytes_in());
+                    match end {
+                        Ok(end) => {
+                            // Decided now: a drain may have begun while the body arrived.
+                            let close = !keep_alive || c.is_draining();
+                            let enc = encode(c, app, &resp, is_head, close, http10);
+                            (enc.status, enc.close, Some(end))
+                        }
+                        Err(http::Error::IncompleteBody) => (400, true, None),
+                        Err(e) => {
+                            write_error(c.write_buf(), e, is_head, &app.date(), &app.server_name());
+                            (e.status(), true, None)
+                        }
                     }
                 }
             };
@@ -487,16 +501,42 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         // Asked to confirm before the body is sent, for a request no handler will read: answer
         // now instead of asking for content that would be thrown away (RFC 9110 §10.1.1), and
         // close, since the client may or may not send the body after a final status.
+        // The same for a request whose route's middleware answers without it (a rate limit, a
+        // missing token): its `before` hooks run now, on the head alone.
         let mut cut_short = false;
+        let mut early = None;
         let (body, body_len) = match body {
             Ok(Some(b)) => b,
-            Ok(None)
-                if head.expect_continue
-                    && !carried.continue_sent
-                    && !matches!(found, Found::Handler(..)) =>
-            {
-                cut_short = true;
-                (&[][..], rest.len())
+            Ok(None) if head.expect_continue && !carried.continue_sent => {
+                let answer = match &found {
+                    Found::Handler(_, middleware, params, _) => {
+                        let req = Request {
+                            head,
+                            params: params.clone(),
+                            body: &[],
+                            body_reader: None,
+                            arena: &arena,
+                            shard: app.shard,
+                        };
+                        check_before(middleware, &req)
+                    }
+                    _ => None,
+                };
+                if answer.is_some() || !matches!(found, Found::Handler(..)) {
+                    early = answer;
+                    cut_short = true;
+                    (&[][..], rest.len())
+                } else {
+                    carried.before_passed = true;
+                    carried.send_continue(c);
+                    app.arenas.give(arena);
+                    return Step {
+                        consumed: off,
+                        answered,
+                        need: Need::Body,
+                        close: false,
+                    };
+                }
             }
             Ok(None) => {
                 if head.expect_continue {
@@ -529,7 +569,12 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                         arena: &arena,
                         shard: app.shard,
                     };
-                    let resp = run_handler(handler.as_ref(), middleware, &req).await;
+                    let before = match early {
+                        Some(answer) => Some(Some(answer)),
+                        None if carried.before_passed => Some(None),
+                        None => None,
+                    };
+                    let resp = run_handler(handler.as_ref(), middleware, &req, before).await;
                     encode(c, app, &resp, is_head, close, http10)
                 }
                 Found::MethodNotAllowed(allow) => {
@@ -574,13 +619,18 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
 }
 
 /// Runs the route's middleware around its handler: `before` in order (the first `Some` answers
-/// instead of the handler), then `after` in reverse order.
+/// instead of the handler; `before` is `Some` when they already ran, with their answer), then
+/// `after` in reverse order.
 async fn run_handler<'r>(
     handler: &'r dyn Handler,
     middleware: &[Rc<dyn Middleware>],
     req: &'r Request<'r>,
+    before: Option<Option<Response<'r>>>,
 ) -> Response<'r> {
-    let early = middleware.iter().find_map(|mw| mw.before(req));
+    let early = match before {
+        None => check_before(middleware, req),
+        Some(answer) => answer,
+    };
     let mut resp = match early {
         Some(r) => r,
         None => handler.call(req).await,
@@ -589,6 +639,11 @@ async fn run_handler<'r>(
         mw.after(req, &mut resp);
     }
     resp
+}
+
+/// The route's middleware `before` hooks in order: the first answer stops the request.
+fn check_before<'r>(middleware: &[Rc<dyn Middleware>], req: &Request<'r>) -> Option<Response<'r>> {
+    middleware.iter().find_map(|mw| mw.before(req))
 }
 
 /// Answers a malformed request with its error status and closes: everything buffered is

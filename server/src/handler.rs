@@ -202,7 +202,10 @@ where
 /// Runs around handlers: `before` may answer instead of the handler (auth, rate limits), `after`
 /// may change the response (headers, logging).
 pub trait Middleware: 'static {
-    /// Called before the handler; `Some` short-circuits it.
+    /// Called before the handler; `Some` short-circuits it. Called once per request, on its
+    /// head: for a request that asks to confirm before sending its body (`Expect:
+    /// 100-continue`) or whose handler streams it, before the body has arrived (`req.body`
+    /// empty), so that an answer here goes out without the body being sent or read.
     fn before<'r>(&self, _req: &Request<'r>) -> Option<Response<'r>> {
         None
     }

@@ -202,6 +202,50 @@ fn expect_continue_for_a_request_no_route_serves_gets_the_final_status_at_once()
     assert_eq!((rs[0].status, rs[1].status), (404, 200));
 }
 
+/// A route whose middleware refuses a request (here a missing token) answers an
+/// `Expect: 100-continue` request at once, without asking for the body, and closes; with the
+/// token, the body is asked for and the request goes through.
+#[test]
+fn expect_continue_refused_by_middleware_gets_the_refusal_at_once() {
+    let dir = support::temp_dir("expect-auth");
+    let file = dir.join("percore.toml");
+    std::fs::write(
+        &file,
+        "[[routes]]\npath = \"/up\"\nmethods = [\"POST\"]\nhandler = \"echo\"\nmiddleware = [{ kind = \"auth\", token = \"t\" }]\n\n\
+         [[routes]]\npath = \"/up-buffered\"\nmethods = [\"POST\"]\nrespond = { status = 200, body = \"ok\" }\nmiddleware = [{ kind = \"auth\", token = \"t\" }]\n",
+    )
+    .unwrap();
+    let srv = Server::start(&["--cpus", "0", "--config", file.to_str().unwrap()]);
+    // A streaming handler and a buffered one.
+    for target in ["/up", "/up-buffered"] {
+        let mut s = srv.connect();
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        );
+        let out = exchange_until_close(&mut s, head.as_bytes());
+        let rs = parse_responses(&out);
+        assert_eq!(rs.len(), 1, "{target}: {}", String::from_utf8_lossy(&out));
+        assert_eq!(rs[0].status, 401, "{target}");
+        assert_eq!(rs[0].header("connection"), Some("close"), "{target}");
+
+        let mut s = srv.connect();
+        s.write_all(
+            format!(
+                "POST {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut interim = [0u8; 25];
+        s.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n", "{target}");
+        s.write_all(b"hi").unwrap();
+        let rs = read_responses(&mut s, 1);
+        assert_eq!(rs[0].status, 200, "{target}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A chunked body that arrives in many small writes, split inside size lines, extensions, data
 /// and CRLFs, is decoded across receives (from where the last one stopped) and echoes exactly;
 /// the request after it on the same connection is answered too.
