@@ -92,6 +92,8 @@ const MAX_CQES_PER_TURN: usize = 1024;
 const BGID: u16 = 0;
 /// Back-off after EMFILE/ENFILE on accept, so a full fd table does not spin the shard.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// At most one line on stderr about failing accepts per listener in this long.
+pub const ACCEPT_ERROR_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
@@ -448,6 +450,9 @@ struct ListenerSlot {
     dropped: bool,
     error: Option<i32>,
     waker: Option<Waker>,
+    /// When a failed accept was last reported on stderr, and the failures since.
+    error_logged: Option<Instant>,
+    unlogged: u64,
 }
 
 /// The provided buffer ring: `count` buffers of `size` bytes and the ring of entries the kernel
@@ -856,6 +861,8 @@ impl Engine {
             dropped: false,
             error: None,
             waker: None,
+            error_logged: None,
+            unlogged: 0,
         });
         self.inner.arm_accept(key);
         Acceptor {
@@ -1786,11 +1793,55 @@ impl Acceptor {
                         self.eng.arm_accept(self.key);
                         continue;
                     }
+                    self.report_accept_error(errno);
                     glommio::timer::sleep(ACCEPT_BACKOFF).await;
                     self.eng.arm_accept(self.key);
                 }
             }
         }
+    }
+
+    /// Says on stderr that accepting failed for want of file descriptors or memory: at most once
+    /// per [`ACCEPT_ERROR_REPORT_EVERY`] per listener (a full fd table fails every back-off),
+    /// with the failures since the last report. All of them are counted in
+    /// [`EngineStats::accept_errors`].
+    fn report_accept_error(&self, errno: i32) {
+        let now = self.eng.clock();
+        let (local, unlogged) = {
+            let mut st = self.eng.st.borrow_mut();
+            let l = st
+                .listeners
+                .get_mut(self.key)
+                .expect("listener lives while its Acceptor does");
+            if l.error_logged
+                .is_some_and(|t| now.duration_since(t) < ACCEPT_ERROR_REPORT_EVERY)
+            {
+                l.unlogged += 1;
+                return;
+            }
+            l.error_logged = Some(now);
+            (l.local, std::mem::take(&mut l.unlogged))
+        };
+        let thread = std::thread::current();
+        let hint = if matches!(errno, libc::EMFILE | libc::ENFILE) {
+            match crate::sys::open_files_limit() {
+                Some(n) => format!(" (open files limit {n}: raise LimitNOFILE / ulimit -n)"),
+                None => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        let since = if unlogged > 0 {
+            format!("; {unlogged} more since the last report")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "percore: {}: accepting on {local} failed: {}{hint}; retrying every {} ms{since}",
+            thread.name().unwrap_or("shard"),
+            std::io::Error::from_raw_os_error(errno),
+            ACCEPT_BACKOFF.as_millis(),
+        );
     }
 
     /// Stops accepting: cancels the multishot accept. Connections the kernel already handed us

@@ -169,3 +169,72 @@ fn memory_taken_by_a_burst_of_large_uploads_is_given_back() {
         "RSS {now} KiB half a minute after the burst (before it {before} KiB, right after {peak} KiB)"
     );
 }
+
+/// A server that runs out of file descriptors says so on stderr, naming the limit, and serves
+/// again as soon as connections close.
+#[test]
+fn out_of_file_descriptors_is_reported_and_recovered_from() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+        sync::mpsc,
+        time::Duration,
+    };
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -n 48 && exec {} serve --listen 127.0.0.1:0 --cpus 0",
+                support::percore_bin()
+            ),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let err_tx = tx.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(format!("stderr: {line}"));
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(format!("stdout: {line}"));
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a line from percore")
+    };
+    let addr: std::net::SocketAddr = loop {
+        let line = next();
+        if let Some(rest) = line.strip_prefix("stdout: percore: listening on http://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Far more connections than the 48 descriptors allow; the kernel queues the rest.
+    let clients: Vec<_> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let report = loop {
+        let line = next();
+        if line.contains("accepting on") {
+            break line;
+        }
+    };
+    assert!(report.contains("failed: Too many open files"), "{report}");
+    assert!(report.contains("open files limit 48"), "{report}");
+    drop(clients);
+    let r = support::request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
