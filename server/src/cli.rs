@@ -116,7 +116,8 @@ pub struct ServeArgs {
     /// Write the serving process's pid here.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<std::path::PathBuf>,
-    /// Absolute deadline for a request head (e.g. `10s`, `500ms`); then 408.
+    /// Absolute deadline for a request head (e.g. `10s`, `500ms`); then 408. Also how long a new
+    /// connection may stay silent
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<std::time::Duration>,
     /// Keep-alive idle timeout (e.g. `75s`).

@@ -193,7 +193,8 @@ impl Default for LimitsSection {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeoutsSection {
-    /// Absolute deadline for receiving a request head; then 408. Default `"10s"`.
+    /// Absolute deadline for receiving a request head; then 408. A new connection that sends
+    /// nothing for this long is closed. Default `"10s"`.
     #[serde(deserialize_with = "de_duration")]
     pub header: Duration,
     /// How long an idle keep-alive connection is kept open. Default `"75s"`.

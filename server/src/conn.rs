@@ -14,6 +14,9 @@
 //! back to the pool as soon as it is empty, so an idle connection holds no buffer.
 //!
 //! # Deadlines
+//! - a new connection's first request: `header_timeout` (or `keepalive_timeout`, if shorter)
+//!   for its first byte, then a silent close: a client that connects and sends nothing does not
+//!   hold a descriptor for the whole keep-alive timeout (nginx waits `client_header_timeout`);
 //! - idle keep-alive: `keepalive_timeout` after the last response;
 //! - request head: `header_timeout` from its first byte, absolute (a client trickling a byte a
 //!   second cannot stretch it), then `408` and close;
@@ -235,6 +238,9 @@ impl Session {
     async fn receive(&mut self) -> Result<Option<RecvBuf>, RtError> {
         let cfg = self.app.config();
         let deadline = match self.need {
+            Need::Idle if !self.served => {
+                self.c.now() + cfg.header_timeout.min(cfg.keepalive_timeout)
+            }
             Need::Idle => self.c.now() + cfg.keepalive_timeout,
             Need::Head => self.head_deadline,
             Need::Body => self.c.now() + cfg.body_timeout,

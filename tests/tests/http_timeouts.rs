@@ -45,6 +45,18 @@ fn a_client_trickling_its_head_gets_408_at_the_header_deadline() {
     );
 }
 
+/// A client that connects and never sends a byte is closed silently at the header timeout, not
+/// kept for the (much longer) keep-alive timeout.
+#[test]
+fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let srv = Server::start(&["--cpus", "0", "--header-timeout", "200ms"]);
+    let mut s = srv.connect();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .expect("closed by the server before the client's 20 s read timeout");
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+}
+
 #[test]
 fn an_idle_keepalive_connection_is_closed_silently_after_its_timeout() {
     let srv = Server::start(&["--cpus", "0", "--keepalive-timeout", "200ms"]);
