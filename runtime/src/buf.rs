@@ -132,46 +132,72 @@ impl BufferPool {
 /// A shard's pool of bump arenas for per-request scratch.
 #[derive(Clone)]
 pub struct ArenaPool {
-    free: Rc<RefCell<Vec<Bump>>>,
+    free: Rc<RefCell<FreeArenas>>,
     chunk: usize,
 }
+
+struct FreeArenas {
+    list: Vec<Bump>,
+    /// What the arenas in `list` hold, at most [`ARENA_POOL_BYTES`].
+    bytes: usize,
+}
+
+/// The most memory a shard's free arenas hold together: with [`ARENA_KEEP_BYTES`] each, a
+/// full pool of [`DEFAULT_POOL_KEEP`] would otherwise keep 64 MiB after a burst of requests
+/// with mid-sized bodies.
+pub const ARENA_POOL_BYTES: usize = 16 << 20;
 
 impl ArenaPool {
     /// A pool whose arenas start with `chunk` bytes.
     pub fn new(chunk: usize) -> Self {
         ArenaPool {
-            free: Rc::new(RefCell::new(Vec::new())),
+            free: Rc::new(RefCell::new(FreeArenas {
+                list: Vec::new(),
+                bytes: 0,
+            })),
             chunk,
         }
     }
 
     /// Takes an arena (reset, with its memory kept from earlier use).
     pub fn take(&self) -> Bump {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Bump::with_capacity(self.chunk))
+        let mut f = self.free.borrow_mut();
+        match f.list.pop() {
+            Some(a) => {
+                f.bytes -= a.allocated_bytes();
+                a
+            }
+            None => Bump::with_capacity(self.chunk),
+        }
     }
 
     /// Resets an arena and gives it back. An arena that kept more than [`ARENA_KEEP_BYTES`] (a
-    /// reset keeps its largest chunk) is freed instead.
+    /// reset keeps its largest chunk) is freed instead, and so is one that would take the pool
+    /// past [`DEFAULT_POOL_KEEP`] arenas or [`ARENA_POOL_BYTES`].
     pub fn give(&self, mut arena: Bump) {
         let used = arena.allocated_bytes();
         arena.reset();
-        if arena.allocated_bytes() > ARENA_KEEP_BYTES {
+        let kept = arena.allocated_bytes();
+        if kept > ARENA_KEEP_BYTES {
             // The reset freed the smaller chunks, dropping it frees the largest: count them all.
             note_large_free(used);
             return;
         }
         let mut f = self.free.borrow_mut();
-        if f.len() < DEFAULT_POOL_KEEP {
-            f.push(arena);
+        if f.list.len() < DEFAULT_POOL_KEEP && f.bytes + kept <= ARENA_POOL_BYTES {
+            f.bytes += kept;
+            f.list.push(arena);
         }
     }
 
     /// Arenas waiting in the pool.
     pub fn free(&self) -> usize {
-        self.free.borrow().len()
+        self.free.borrow().list.len()
+    }
+
+    /// Bytes the arenas waiting in the pool hold.
+    pub fn free_bytes(&self) -> usize {
+        self.free.borrow().bytes
     }
 }
 
@@ -277,5 +303,30 @@ mod tests {
         let _small: &mut [u8] = b.alloc_slice_fill_copy(ARENA_KEEP_BYTES / 2, 1u8);
         pool.give(b);
         assert_eq!(pool.free(), 1, "an arena within the bound is kept");
+    }
+
+    #[test]
+    fn free_arenas_hold_at_most_the_pool_budget() {
+        let pool = ArenaPool::new(4096);
+        let arenas: Vec<Bump> = (0..DEFAULT_POOL_KEEP)
+            .map(|_| {
+                let a = pool.take();
+                let _: &mut [u8] = a.alloc_slice_fill_copy(ARENA_KEEP_BYTES - 1024, 1u8);
+                a
+            })
+            .collect();
+        for a in arenas {
+            pool.give(a);
+        }
+        assert!(pool.free_bytes() <= ARENA_POOL_BYTES);
+        assert!(
+            pool.free() < DEFAULT_POOL_KEEP,
+            "the byte budget, not the count, stopped it"
+        );
+        let held = pool.free_bytes();
+        let a = pool.take();
+        assert_eq!(pool.free_bytes(), held - a.allocated_bytes());
+        pool.give(a);
+        assert_eq!(pool.free_bytes(), held);
     }
 }
