@@ -395,7 +395,9 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         let started = c.now();
         if streams && head.body != BodyKind::None {
             // The handler reads the body as it arrives: call it now.
-            let ask = head.expect_continue && !carried.continue_sent;
+            // Whether the client waits for a go-ahead: not once its whole body is here.
+            let arrived = matches!(head.body, BodyKind::Length(n) if rest.len() as u64 >= n);
+            let ask = head.expect_continue && !carried.continue_sent && !arrived;
             let length = match head.body {
                 BodyKind::Length(n) => Some(n),
                 _ => None,

@@ -204,7 +204,8 @@ fn expect_continue_for_a_request_no_route_serves_gets_the_final_status_at_once()
 
 /// A route whose middleware refuses a request (here a missing token) answers an
 /// `Expect: 100-continue` request at once, without asking for the body, and closes; with the
-/// token, the body is asked for and the request goes through.
+/// token, the body is asked for and the request goes through. A body sent without waiting is
+/// read, and the connection stays open after the refusal.
 #[test]
 fn expect_continue_refused_by_middleware_gets_the_refusal_at_once() {
     let dir = support::temp_dir("expect-auth");
@@ -242,6 +243,19 @@ fn expect_continue_refused_by_middleware_gets_the_refusal_at_once() {
         s.write_all(b"hi").unwrap();
         let rs = read_responses(&mut s, 1);
         assert_eq!(rs[0].status, 200, "{target}");
+
+        // A client that sent its body without waiting is refused and the connection goes on.
+        let mut s = srv.connect();
+        s.write_all(
+            format!(
+                "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi\
+                 POST {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\nhi"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let rs = read_responses(&mut s, 2);
+        assert_eq!((rs[0].status, rs[1].status), (401, 200), "{target}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
