@@ -231,6 +231,11 @@ pub fn cpu_clock(clock: libc::clockid_t) -> Option<Duration> {
     Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
+/// CPU time the whole process has used (all threads, user and system).
+pub fn process_cpu() -> Option<Duration> {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
 /// CPU time the calling thread has used.
 pub fn thread_cpu() -> Duration {
     cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default()

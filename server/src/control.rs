@@ -379,6 +379,7 @@ impl ControlPlane {
             "Times free heap memory was given back to the system after a burst of large requests.",
             percore_runtime::watchdog::heap_trims_total(),
         );
+        text.push_str(&process_metrics(self.started.elapsed()));
         text
     }
 
@@ -825,6 +826,81 @@ fn pretty_json(s: &str) -> String {
             }
         }
         prev = ch;
+    }
+    out
+}
+
+/// The standard Prometheus process metrics (the names every client library's process collector
+/// uses): CPU time, resident and virtual memory, open and allowed file descriptors, start time.
+/// `uptime` is how long the server has run.
+fn process_metrics(uptime: Duration) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    if let Some(cpu) = percore_runtime::sys::process_cpu() {
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of all threads, in seconds.",
+            cpu.as_secs_f64(),
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bytes = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kib| kib * 1024.0)
+    };
+    if let Some(rss) = bytes("VmRSS:") {
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss,
+        );
+    }
+    if let Some(vsize) = bytes("VmSize:") {
+        metric(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            vsize,
+        );
+    }
+    // The listing's own descriptor is in it too.
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let open = dir.count().saturating_sub(1);
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors (one per connection, plus rings, listeners and eventfds).",
+            open as f64,
+        );
+    }
+    if let Some(max) = percore_runtime::sys::open_files_limit() {
+        metric(
+            "process_max_fds",
+            "gauge",
+            "The open-files limit (RLIMIT_NOFILE, soft).",
+            max as f64,
+        );
+    }
+    if let Some(start) = SystemTime::now()
+        .checked_sub(uptime)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+    {
+        metric(
+            "process_start_time_seconds",
+            "gauge",
+            "When the server started, in seconds since the Unix epoch.",
+            start.as_secs_f64(),
+        );
     }
     out
 }

@@ -381,6 +381,32 @@ fn metrics_parse_and_count_the_requests_sent() {
         text.contains("# TYPE percore_heap_trims_total counter\npercore_heap_trims_total "),
         "{text}"
     );
+    // And the standard process metrics, with this process's values.
+    let process = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reported = process("process_resident_memory_bytes") / 1024.0;
+    assert!(
+        (reported - rss_kib).abs() < rss_kib / 2.0,
+        "RSS {reported} KiB reported, {rss_kib} KiB in /proc"
+    );
+    let open = process("process_open_fds");
+    let max = process("process_max_fds");
+    assert!(open > 0.0 && open < max, "{open} of {max} descriptors");
+    assert!(process("process_cpu_seconds_total") > 0.0);
+    assert!(process("process_start_time_seconds") > 1.7e9);
     let generic = text
         .lines()
         .filter(|l| l.ends_with("Per-shard gauge."))
