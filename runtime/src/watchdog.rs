@@ -52,8 +52,9 @@
 //! # Giving memory back after a burst
 //! A request that buffers a large body leaves its arena (and maybe a response buffer) too large
 //! for the shard's pools, which free it ([`crate::buf::ARENA_KEEP_BYTES`]); glibc keeps freed
-//! memory in its heaps, so a burst of large uploads used to pin its peak RSS for good (536 MB
-//! after 200 concurrent 1 MB echoes, with no connection open). The pools count those frees and
+//! memory in its heaps, so a burst of large uploads used to pin its peak RSS for good (250 to
+//! 540 MB after 200 concurrent 1 MB echoes, depending on the clients' pace, with no connection
+//! open; 25 MB before the burst). The pools count those frees and
 //! the watchdog thread, once at least `TRIM_AFTER` bytes were freed that way and none for
 //! `TRIM_QUIET`, asks the allocator to give free memory back ([`crate::sys::trim_heap`]), off
 //! the shards' threads and never while large requests keep coming ([`heap_trims_total`]).
