@@ -77,9 +77,9 @@ struct ChunkProgress {
 struct Carried {
     /// `100 Continue` went out for that request.
     continue_sent: bool,
-    /// Its middleware's `before` hooks let it through before its body was asked for
+    /// Its middleware's `on_head` hooks let it through before its body was asked for
     /// (`Expect: 100-continue`); they are not asked again once the body is complete.
-    before_passed: bool,
+    head_passed: bool,
     /// Its chunked body decoded so far. Boxed: the connection task's size is what every idle
     /// connection costs (unboxed, ~190 bytes more per idle connection at 10,000 connections).
     chunk: Option<Box<ChunkProgress>>,
@@ -101,7 +101,7 @@ impl Carried {
     /// The request is answered (or abandoned): forget its body state.
     fn request_done(&mut self, app: &App) {
         self.continue_sent = false;
-        self.before_passed = false;
+        self.head_passed = false;
         if let Some(p) = self.chunk.take() {
             app.engine.pool().give(p.body);
         }
@@ -419,13 +419,13 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                 };
                 // Middleware decides before the body is asked for: an answer then goes out at
                 // once, with a close (the client may or may not send the body after it).
-                let before = check_before(middleware, &req);
-                if ask && before.is_none() {
+                let refused = check_head(middleware, &req);
+                if ask && refused.is_none() {
                     carried.send_continue(c);
                 }
                 carried.request_done(app);
-                let cut_short = ask && before.is_some();
-                let resp = run_handler(handler.as_ref(), middleware, &req, Some(before)).await;
+                let cut_short = ask && refused.is_some();
+                let resp = run_handler(handler.as_ref(), middleware, &req, Some(refused)).await;
                 if cut_short {
                     let enc = encode(c, app, &resp, is_head, true, http10);
                     (enc.status, true, None)
@@ -510,7 +510,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         // now instead of asking for content that would be thrown away (RFC 9110 §10.1.1), and
         // close, since the client may or may not send the body after a final status.
         // The same for a request whose route's middleware answers without it (a rate limit, a
-        // missing token): its `before` hooks run now, on the head alone.
+        // missing token): its `on_head` hooks run now.
         let mut cut_short = false;
         let mut early = None;
         let (body, body_len) = match body {
@@ -526,7 +526,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                             arena: &arena,
                             shard: app.shard,
                         };
-                        check_before(middleware, &req)
+                        check_head(middleware, &req)
                     }
                     _ => None,
                 };
@@ -535,7 +535,7 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                     cut_short = true;
                     (&[][..], rest.len())
                 } else {
-                    carried.before_passed = true;
+                    carried.head_passed = true;
                     carried.send_continue(c);
                     app.arenas.give(arena);
                     return Step {
@@ -577,12 +577,12 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                         arena: &arena,
                         shard: app.shard,
                     };
-                    let before = match early {
+                    let head = match early {
                         Some(answer) => Some(Some(answer)),
-                        None if carried.before_passed => Some(None),
+                        None if carried.head_passed => Some(None),
                         None => None,
                     };
-                    let resp = run_handler(handler.as_ref(), middleware, &req, before).await;
+                    let resp = run_handler(handler.as_ref(), middleware, &req, head).await;
                     encode(c, app, &resp, is_head, close, http10)
                 }
                 Found::MethodNotAllowed(allow) => {
@@ -626,19 +626,20 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
     }
 }
 
-/// Runs the route's middleware around its handler: `before` in order (the first `Some` answers
-/// instead of the handler; `before` is `Some` when they already ran, with their answer), then
-/// `after` in reverse order.
+/// Runs the route's middleware around its handler: `on_head`, then `before`, in order (the
+/// first `Some` answers instead of the handler; `head` is `Some` when the `on_head` hooks
+/// already ran, with their answer), then `after` in reverse order.
 async fn run_handler<'r>(
     handler: &'r dyn Handler,
     middleware: &[Rc<dyn Middleware>],
     req: &'r Request<'r>,
-    before: Option<Option<Response<'r>>>,
+    head: Option<Option<Response<'r>>>,
 ) -> Response<'r> {
-    let early = match before {
-        None => check_before(middleware, req),
+    let early = match head {
+        None => check_head(middleware, req),
         Some(answer) => answer,
-    };
+    }
+    .or_else(|| middleware.iter().find_map(|mw| mw.before(req)));
     let mut resp = match early {
         Some(r) => r,
         None => handler.call(req).await,
@@ -649,9 +650,9 @@ async fn run_handler<'r>(
     resp
 }
 
-/// The route's middleware `before` hooks in order: the first answer stops the request.
-fn check_before<'r>(middleware: &[Rc<dyn Middleware>], req: &Request<'r>) -> Option<Response<'r>> {
-    middleware.iter().find_map(|mw| mw.before(req))
+/// The route's middleware `on_head` hooks in order: the first answer stops the request.
+fn check_head<'r>(middleware: &[Rc<dyn Middleware>], req: &Request<'r>) -> Option<Response<'r>> {
+    middleware.iter().find_map(|mw| mw.on_head(req))
 }
 
 /// Answers a malformed request with its error status and closes: everything buffered is

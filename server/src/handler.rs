@@ -199,13 +199,19 @@ where
     }
 }
 
-/// Runs around handlers: `before` may answer instead of the handler (auth, rate limits), `after`
-/// may change the response (headers, logging).
+/// Runs around handlers: `on_head` and `before` may answer instead of the handler (auth, rate
+/// limits), `after` may change the response (headers, logging).
 pub trait Middleware: 'static {
-    /// Called before the handler; `Some` short-circuits it. Called once per request, on its
-    /// head: for a request that asks to confirm before sending its body (`Expect:
-    /// 100-continue`) or whose handler streams it, before the body has arrived (`req.body`
-    /// empty), so that an answer here goes out without the body being sent or read.
+    /// Called once per request on its head alone, before its body is asked for or read
+    /// (`req.body` is empty); `Some` answers instead of the handler. For checks that need only
+    /// the head: an `Expect: 100-continue` upload refused here is answered at once, without
+    /// its body being sent.
+    fn on_head<'r>(&self, _req: &Request<'r>) -> Option<Response<'r>> {
+        None
+    }
+    /// Called before the handler, after every `on_head`, with the whole request (the body in
+    /// `req.body`, or `req.body_reader` for a handler that streams it); `Some` short-circuits
+    /// the handler.
     fn before<'r>(&self, _req: &Request<'r>) -> Option<Response<'r>> {
         None
     }
@@ -248,7 +254,7 @@ impl BearerAuth {
 }
 
 impl Middleware for BearerAuth {
-    fn before<'r>(&self, req: &Request<'r>) -> Option<Response<'r>> {
+    fn on_head<'r>(&self, req: &Request<'r>) -> Option<Response<'r>> {
         match req.header("authorization") {
             Some(v) if constant_time_eq(v, &self.expected) => None,
             _ => Some(

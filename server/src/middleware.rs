@@ -220,7 +220,7 @@ impl RateLimit {
 }
 
 impl Middleware for RateLimit {
-    fn before<'r>(&self, _req: &Request<'r>) -> Option<Response<'r>> {
+    fn on_head<'r>(&self, _req: &Request<'r>) -> Option<Response<'r>> {
         self.demand.set(self.demand.get() + 1);
         let now = Instant::now();
         let elapsed = now.duration_since(self.last.get()).as_secs_f64();
