@@ -180,6 +180,14 @@ fn out_of_file_descriptors_is_reported_and_recovered_from() {
         sync::mpsc,
         time::Duration,
     };
+    /// Kills the server however the test ends (a failed assertion must not leave it running).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut child = Command::new("sh")
         .args([
             "-c",
@@ -192,16 +200,17 @@ fn out_of_file_descriptors_is_reported_and_recovered_from() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     let err_tx = tx.clone();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = err_tx.send(format!("stderr: {line}"));
         }
     });
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(format!("stdout: {line}"));
@@ -235,6 +244,4 @@ fn out_of_file_descriptors_is_reported_and_recovered_from() {
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 200);
-    let _ = child.kill();
-    let _ = child.wait();
 }
