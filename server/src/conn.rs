@@ -515,9 +515,10 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         let mut early = None;
         let (body, body_len) = match body {
             Ok(Some(b)) => b,
-            Ok(None) if head.expect_continue && !carried.continue_sent => {
-                let answer = match &found {
-                    Found::Handler(_, middleware, params, _) => {
+            Ok(None) => {
+                let ask = head.expect_continue && !carried.continue_sent;
+                let refused = match &found {
+                    Found::Handler(_, middleware, params, _) if ask => {
                         let req = Request {
                             head,
                             params: params.clone(),
@@ -530,13 +531,15 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                     }
                     _ => None,
                 };
-                if answer.is_some() || !matches!(found, Found::Handler(..)) {
-                    early = answer;
+                if ask && (refused.is_some() || !matches!(found, Found::Handler(..))) {
+                    early = refused;
                     cut_short = true;
                     (&[][..], rest.len())
                 } else {
-                    carried.head_passed = true;
-                    carried.send_continue(c);
+                    carried.head_passed |= ask;
+                    if head.expect_continue {
+                        carried.send_continue(c);
+                    }
                     app.arenas.give(arena);
                     return Step {
                         consumed: off,
@@ -545,18 +548,6 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                         close: false,
                     };
                 }
-            }
-            Ok(None) => {
-                if head.expect_continue {
-                    carried.send_continue(c);
-                }
-                app.arenas.give(arena);
-                return Step {
-                    consumed: off,
-                    answered,
-                    need: Need::Body,
-                    close: false,
-                };
             }
             Err(e) => {
                 app.arenas.give(arena);
