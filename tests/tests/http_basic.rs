@@ -175,6 +175,20 @@ fn echo_content_length_chunked_and_continue() {
     assert_eq!(read_responses(&mut s, 1)[0].body, big);
 }
 
+/// Sends a POST head announcing a 1 MB body with `Expect: 100-continue`, and never the body:
+/// the server must give its final answer (no `100 Continue` first), alone, and close.
+fn answer_without_the_body(srv: &Server, target: &str) -> support::Resp {
+    let mut s = srv.connect();
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let out = exchange_until_close(&mut s, head.as_bytes());
+    let mut rs = parse_responses(&out);
+    assert_eq!(rs.len(), 1, "{target}: {}", String::from_utf8_lossy(&out));
+    assert_eq!(rs[0].header("connection"), Some("close"), "{target}");
+    rs.remove(0)
+}
+
 /// `Expect: 100-continue` on a request no route serves: the final status comes at once, without
 /// a `100 Continue` first, and the connection closes (the client may or may not send the body).
 /// The same request with its body already sent is answered and the connection goes on.
@@ -182,15 +196,7 @@ fn echo_content_length_chunked_and_continue() {
 fn expect_continue_for_a_request_no_route_serves_gets_the_final_status_at_once() {
     let srv = Server::start(&["--cpus", "0"]);
     for (target, status) in [("/nowhere", 404), ("/", 405)] {
-        let mut s = srv.connect();
-        let head = format!(
-            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
-        );
-        let out = exchange_until_close(&mut s, head.as_bytes());
-        let rs = parse_responses(&out);
-        assert_eq!(rs.len(), 1, "{}", String::from_utf8_lossy(&out));
-        assert_eq!(rs[0].status, status);
-        assert_eq!(rs[0].header("connection"), Some("close"));
+        assert_eq!(answer_without_the_body(&srv, target).status, status);
     }
     let mut s = srv.connect();
     s.write_all(
@@ -219,15 +225,11 @@ fn expect_continue_refused_by_middleware_gets_the_refusal_at_once() {
     let srv = Server::start(&["--cpus", "0", "--config", file.to_str().unwrap()]);
     // A streaming handler and a buffered one.
     for target in ["/up", "/up-buffered"] {
-        let mut s = srv.connect();
-        let head = format!(
-            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+        assert_eq!(
+            answer_without_the_body(&srv, target).status,
+            401,
+            "{target}"
         );
-        let out = exchange_until_close(&mut s, head.as_bytes());
-        let rs = parse_responses(&out);
-        assert_eq!(rs.len(), 1, "{target}: {}", String::from_utf8_lossy(&out));
-        assert_eq!(rs[0].status, 401, "{target}");
-        assert_eq!(rs[0].header("connection"), Some("close"), "{target}");
 
         let mut s = srv.connect();
         s.write_all(
