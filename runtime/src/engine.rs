@@ -62,6 +62,7 @@ use crate::{
     error::{Error, Result},
     slab::{GenSlab, Key},
     sys,
+    watchdog::Throttle,
 };
 
 /// `IORING_ENTER_GETEVENTS`: run deferred completion work and post CQEs.
@@ -450,9 +451,8 @@ struct ListenerSlot {
     dropped: bool,
     error: Option<i32>,
     waker: Option<Waker>,
-    /// When a failed accept was last reported on stderr, and the failures since.
-    error_logged: Option<Instant>,
-    unlogged: u64,
+    /// Reports of failed accepts on stderr: at most one per `ACCEPT_ERROR_REPORT_EVERY`.
+    error_reports: Throttle,
 }
 
 /// The provided buffer ring: `count` buffers of `size` bytes and the ring of entries the kernel
@@ -861,8 +861,7 @@ impl Engine {
             dropped: false,
             error: None,
             waker: None,
-            error_logged: None,
-            unlogged: 0,
+            error_reports: Throttle::default(),
         });
         self.inner.arm_accept(key);
         Acceptor {
@@ -1813,14 +1812,10 @@ impl Acceptor {
                 .listeners
                 .get_mut(self.key)
                 .expect("listener lives while its Acceptor does");
-            if l.error_logged
-                .is_some_and(|t| now.duration_since(t) < ACCEPT_ERROR_REPORT_EVERY)
-            {
-                l.unlogged += 1;
-                return;
+            match l.error_reports.admit(now, ACCEPT_ERROR_REPORT_EVERY) {
+                Some(held) => (l.local, held),
+                None => return,
             }
-            l.error_logged = Some(now);
-            (l.local, std::mem::take(&mut l.unlogged))
         };
         let thread = std::thread::current();
         let hint = if matches!(errno, libc::EMFILE | libc::ENFILE) {

@@ -341,9 +341,29 @@ struct Seen {
     /// The ticker's count, and when the watchdog saw it move.
     ticks: u64,
     ticked: Option<std::time::Instant>,
-    /// When the last stall report went out, and the stalls counted since without one.
-    last_report: Option<std::time::Instant>,
-    unreported: u64,
+    /// Stall reports: at most one per `REPORT_EVERY`.
+    reports: Throttle,
+}
+
+/// Lets a repeated report out at most once per period, and counts the ones it holds back (for
+/// the next report to mention): stall reports here, failed accepts in the engine.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Throttle {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// `Some(held back since the last one)` when a report may go out now, else `None` (and
+    /// this one is counted as held back).
+    pub(crate) fn admit(&mut self, now: std::time::Instant, every: Duration) -> Option<u64> {
+        if self.last.is_some_and(|t| now.duration_since(t) < every) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 /// At most one stall report (a headline and a backtrace, ~60 lines) per shard in this long:
@@ -425,15 +445,8 @@ fn watch(slots: &[Arc<Slot>], threshold: Option<Duration>, stop: &AtomicBool, st
             seen.still += ran;
             if seen.still >= threshold && !seen.reported {
                 seen.reported = true;
-                if seen
-                    .last_report
-                    .is_some_and(|t| now.duration_since(t) < REPORT_EVERY)
-                {
-                    seen.unreported += 1;
-                } else {
-                    report(slot, seen.still, seen.unreported);
-                    seen.last_report = Some(now);
-                    seen.unreported = 0;
+                if let Some(unreported) = seen.reports.admit(now, REPORT_EVERY) {
+                    report(slot, seen.still, unreported);
                 }
                 // Counted once the report is out (tests wait on the counter).
                 stalls.fetch_add(1, Ordering::Relaxed);
