@@ -34,7 +34,7 @@ use percore_runtime::{ControlHandle, EngineStats, buf::PoolStats};
 use crate::{
     config_file::{Config, ConfigError},
     http::{self, HEADER_SLOT, Status},
-    metrics::{MetricsSnapshot, render_prometheus},
+    metrics::{MetricsSnapshot, push_metric, render_prometheus},
     serve::Control,
 };
 
@@ -360,9 +360,7 @@ impl ControlPlane {
         }
         let mut text = render_prometheus(&merged, &per_shard);
         let mut counter = |name: &str, help: &str, value: u64| {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
+            push_metric(&mut text, name, "counter", help, value as f64);
         };
         counter(
             "percore_stalls_total",
@@ -836,9 +834,7 @@ fn pretty_json(s: &str) -> String {
 fn process_metrics(uptime: Duration) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
+        push_metric(&mut out, name, kind, help, value);
     };
     if let Some(cpu) = percore_runtime::sys::process_cpu() {
         metric(

@@ -557,6 +557,12 @@ fn labels(out: &mut String, pairs: &[(&str, &str)]) {
     out.push('}');
 }
 
+/// Appends one unlabelled metric (help, type and value) in the Prometheus text format.
+pub fn push_metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    header(out, name, kind, help);
+    sample(out, name, &[], &value.to_string());
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");
