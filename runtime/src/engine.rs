@@ -952,6 +952,8 @@ impl Engine {
         let mut last_work: Option<Instant> = None;
         // The driver's previous step let the shard's other runnable tasks run.
         let mut others_ran = false;
+        // Request-path polls (`probe::polls`) when the driver last yielded.
+        let mut polls_at_yield = crate::probe::polls();
         loop {
             crate::watchdog::beat();
             if inner.stopping.get() {
@@ -964,8 +966,19 @@ impl Engine {
                 // work: the driver keeps napping (the doorbell wakes a nap) rather than parking.
                 last_work = Some(inner.now.get());
                 inner.mesh_wakers.wake(rang);
+                polls_at_yield = crate::probe::polls();
                 yield_now().await;
                 others_ran = true;
+                continue;
+            }
+            if others_ran && crate::probe::polls() != polls_at_yield {
+                // Tasks ran during the last yield, and may have woken others that glommio
+                // queued behind this one (a connection task posting a mesh message wakes the
+                // flush task; a mesh reply wakes the connection task). Let those run before
+                // this turn may block the thread in a nap or a spin: a nap ran first and held
+                // each cross-shard call on an idle server for two whole naps (~4.4 ms).
+                polls_at_yield = crate::probe::polls();
+                yield_now().await;
                 continue;
             }
             // Recently busy and nothing else of ours is runnable: this turn may wait in our own
@@ -999,6 +1012,7 @@ impl Engine {
                 polled_in_vain = false;
                 last_work = Some(inner.now.get());
                 inner.st.borrow_mut().stats.busy_turns += 1;
+                polls_at_yield = crate::probe::polls();
                 yield_now().await;
                 others_ran = true;
                 continue;
@@ -1038,6 +1052,7 @@ impl Engine {
             polled_in_vain = false;
             if nap_allowed {
                 // Recently busy: let every other runnable task of the shard run, then nap.
+                polls_at_yield = crate::probe::polls();
                 yield_now().await;
                 others_ran = true;
                 continue;

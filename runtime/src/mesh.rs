@@ -245,6 +245,7 @@ impl<M: Send + 'static> MeshInner<M> {
         if let Some(slot) = p.get_mut(Key::unpack(id)) {
             if let Pending::Waiting(Some(w)) = std::mem::replace(slot, Pending::Done(m)) {
                 w.wake();
+                crate::probe::note_wake();
             }
         }
     }
@@ -280,6 +281,7 @@ impl<M: Send + 'static> MeshInner<M> {
         if !self.flush_due.replace(true) {
             if let Some(w) = self.flusher.borrow_mut().take() {
                 w.wake();
+                crate::probe::note_wake();
             }
         }
     }
