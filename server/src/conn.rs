@@ -353,9 +353,12 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
     let mut off = 0;
     let mut answered = 0;
     loop {
-        if off == input.len() {
+        // Only empty lines left after a request (a client's CRLF after its body): dropped, and
+        // the connection is idle rather than halfway through a head (which would time out with
+        // a 408 for a request that was never sent).
+        if http::only_empty_lines(&input[off..]) {
             return Step {
-                consumed: off,
+                consumed: input.len(),
                 answered,
                 need: Need::Idle,
                 close: false,
@@ -376,8 +379,9 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
             }
             Err(e) => {
                 app.arenas.give(arena);
-                // The method is the first token even of a head that failed to parse.
-                let is_head = input[off..].starts_with(b"HEAD ");
+                // The method is the first token (after any empty lines) even of a head that
+                // failed to parse.
+                let is_head = http::starts_with_method(&input[off..], b"HEAD");
                 return reject(c, app, e, is_head, input.len(), answered);
             }
         };

@@ -69,6 +69,41 @@ fn an_idle_keepalive_connection_is_closed_silently_after_its_timeout() {
     assert_eq!(rs[0].status, 200);
 }
 
+/// RFC 9112 §2.2: a CRLF after a request (old clients send one after a POST body) is ignored.
+/// The connection is then idle, closed silently at the keep-alive timeout; it used to count as a
+/// head in progress and get a 408 at the header timeout for a request it never sent.
+#[test]
+fn an_empty_line_after_a_request_leaves_the_connection_idle() {
+    let srv = Server::start(&[
+        "--cpus",
+        "0",
+        "--keepalive-timeout",
+        "200ms",
+        "--header-timeout",
+        "60s",
+    ]);
+    for req in [
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+    ] {
+        let mut s = srv.connect();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .expect("closed at the keep-alive timeout, not the 60 s header timeout");
+        let rs = parse_responses(&out);
+        let want = req.matches("HTTP/1.1\r\n").count();
+        assert_eq!(
+            rs.len(),
+            want,
+            "{req:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(rs.iter().all(|r| r.status == 200), "{req:?}");
+    }
+}
+
 #[test]
 fn a_body_that_stops_arriving_gets_408_at_the_body_timeout() {
     let srv = Server::start(&["--cpus", "0", "--body-timeout", "200ms"]);

@@ -24,7 +24,10 @@ pub use chunked::ChunkedDecoder;
 pub use date::{CachedDate, format_imf_fixdate};
 pub use error::Error;
 pub use limits::Limits;
-pub use request::{BodyKind, Header, HeaderSlot, RequestHead, Status, TargetForm, parse_head};
+pub use request::{
+    BodyKind, Header, HeaderSlot, RequestHead, Status, TargetForm, only_empty_lines, parse_head,
+    starts_with_method,
+};
 pub use response::{
     CONTINUE_100, ConnectionHeader, Framing, ResponseHead, reason_phrase, write_chunk, write_error,
     write_head, write_head_with_prefix, write_last_chunk, write_prefix, write_response,

@@ -28,6 +28,9 @@
 //! * Leading empty lines: RFC 9112 §2.2 says a server SHOULD ignore at least
 //!   one CRLF before the request line. httparse skips any number of CRLF/LF;
 //!   we keep that for CRLF (they count toward `max_head`), bare LF is 400.
+//!   Input made only of empty lines is no head at all ([`only_empty_lines`]):
+//!   the connection layer drops it and stays idle (some clients send a CRLF
+//!   after a POST body).
 //! * obs-fold, whitespace between field name and colon, whitespace before the
 //!   first field: httparse's request defaults already reject them
 //!   (`allow_obsolete_multiline_headers_in_requests` does not exist, the
@@ -300,6 +303,21 @@ fn cr_lf_balanced(head: &[u8]) -> bool {
         acc += i64::from(b == b'\n') - i64::from(b == b'\r');
     }
     acc == 0
+}
+
+/// Whether `buf` is nothing but complete empty lines (`CRLF` pairs), as left behind by a client
+/// that ends a request with an extra CRLF (RFC 9112 §2.2 says to ignore them). False for a lone
+/// CR or a bare LF: those are parsed as the start of a head.
+pub fn only_empty_lines(buf: &[u8]) -> bool {
+    buf.len().is_multiple_of(2) && buf.chunks_exact(2).all(|p| p == b"\r\n")
+}
+
+/// The method token of a head that may start with empty lines: what a failed head is answered
+/// as (a HEAD request's error response has no body).
+pub fn starts_with_method(buf: &[u8], method: &[u8]) -> bool {
+    buf[leading_empty(buf)..]
+        .strip_prefix(method)
+        .is_some_and(|rest| rest.first() == Some(&b' '))
 }
 
 /// Number of leading CR/LF bytes (empty lines before the request line).
@@ -1310,5 +1328,28 @@ mod tests {
         );
         assert_eq!(parse_with(b"", &Limits::default()), Ok(None));
         assert_eq!(parse_with(b"\r\n", &Limits::default()), Ok(None));
+    }
+
+    #[test]
+    fn only_complete_empty_lines_are_no_head() {
+        assert!(super::only_empty_lines(b""));
+        assert!(super::only_empty_lines(b"\r\n"));
+        assert!(super::only_empty_lines(b"\r\n\r\n"));
+        // A CRLF split across reads, a bare LF, anything else: parsed as a head.
+        assert!(!super::only_empty_lines(b"\r"));
+        assert!(!super::only_empty_lines(b"\r\n\r"));
+        assert!(!super::only_empty_lines(b"\n"));
+        assert!(!super::only_empty_lines(b"\n\r"));
+        assert!(!super::only_empty_lines(b"\r\nG"));
+    }
+
+    #[test]
+    fn the_method_is_found_after_empty_lines() {
+        use super::starts_with_method as m;
+        assert!(m(b"HEAD / HTTP/1.1\r\n", b"HEAD"));
+        assert!(m(b"\r\n\r\nHEAD /", b"HEAD"));
+        assert!(!m(b"HEADX / HTTP/1.1", b"HEAD"));
+        assert!(!m(b"HEAD", b"HEAD"));
+        assert!(!m(b"GET / HTTP/1.1", b"HEAD"));
     }
 }
