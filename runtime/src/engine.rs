@@ -2101,6 +2101,12 @@ impl Conn {
             + s.queued.as_ref().map_or(0, |b| b.len())
     }
 
+    /// Bytes written (flushed or not) that the kernel has not taken yet: [`Conn::unsent`] plus
+    /// what is still in the write buffer.
+    pub fn output_pending(&self) -> usize {
+        self.wbuf.len() + self.unsent()
+    }
+
     /// Flushes and waits until the kernel has taken every byte (backpressure, or before a
     /// graceful close). Fails on a send error or when the deadline passes.
     pub async fn flushed(&mut self) -> Result<()> {

@@ -32,7 +32,7 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// How long queued responses may wait for the client to read them.
     pub send_timeout: Duration,
-    /// Response bytes queued before the connection stops reading.
+    /// Response bytes queued before the connection stops reading and answering.
     pub max_unsent: usize,
     /// `Server` header value.
     pub server_name: String,

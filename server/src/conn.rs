@@ -58,6 +58,9 @@ enum Need {
     Head,
     /// A head is complete, its body is not.
     Body,
+    /// Requests are buffered but the client has not read what was answered so far
+    /// (`max_unsent` bytes of answers are queued): answered once it has.
+    Room,
 }
 
 /// A chunked body decoded so far, kept across receives: each new buffer is decoded from where the
@@ -200,7 +203,7 @@ impl Session {
             // A client that pipelines faster than it reads: stop reading until it catches up,
             // for at most the send timeout.
             let cfg = self.app.config();
-            if self.c.unsent() > cfg.max_unsent {
+            if self.c.unsent() > cfg.max_unsent || self.need == Need::Room {
                 // Meanwhile it holds none of the shard's receive buffers (they are shared): what
                 // it received moves to its own buffer, answered once the client reads.
                 self.c.hold_recv(true);
@@ -222,6 +225,8 @@ impl Session {
                 if flushed.is_err() {
                     break false;
                 }
+                // Requests left unanswered when the output filled up: answer them now.
+                self.reprocess |= self.need == Need::Room;
             }
             if self.need == Need::Idle && self.c.is_draining() {
                 self.c.set_deadline(Some(self.c.now() + cfg.send_timeout));
@@ -244,6 +249,8 @@ impl Session {
             Need::Idle => self.c.now() + cfg.keepalive_timeout,
             Need::Head => self.head_deadline,
             Need::Body => self.c.now() + cfg.body_timeout,
+            // Not reached: the loop answers those requests once the output is flushed.
+            Need::Room => self.c.now() + cfg.send_timeout,
         };
         self.c.set_idle(self.need == Need::Idle && self.served);
         self.c.set_deadline(Some(deadline));
@@ -616,6 +623,17 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
                 answered,
                 need: Need::Idle,
                 close: true,
+            };
+        }
+        if c.output_pending() > cfg.max_unsent && off < input.len() {
+            // The client has not read the answers so far: stop here, and answer the rest once
+            // it has. Answering the whole buffer first let 300 pipelined GETs of a 1 MB value
+            // (10 KB sent) queue 300 MB.
+            return Step {
+                consumed: off,
+                answered,
+                need: Need::Room,
+                close: false,
             };
         }
     }

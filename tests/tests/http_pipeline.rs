@@ -125,6 +125,46 @@ fn rss_kib(srv: &Server) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Pipelined requests are answered only as fast as the client reads the answers: a few bytes
+/// of GETs for a large value must not make the server queue every response at once.
+#[test]
+fn pipelined_requests_for_a_large_value_queue_no_more_than_the_unsent_limit() {
+    let srv = Server::start(&["--cpus", "0"]);
+    const SIZE: usize = 512 * 1024;
+    const N: usize = 200;
+    let mut put =
+        format!("PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+    put.resize(put.len() + SIZE, b'v');
+    let mut s = srv.connect();
+    s.write_all(&put).unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].status, 201);
+    let before = rss_kib(&srv);
+    // 200 GETs in one write (7 KB); nothing is read yet.
+    let mut hog = srv.connect();
+    hog.write_all(
+        b"GET /kv/big HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(N)
+            .as_slice(),
+    )
+    .unwrap();
+    // Another connection's request on the same shard is answered after the pipelined ones
+    // were taken in.
+    let r = support::request(
+        srv.addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let grown = rss_kib(&srv).saturating_sub(before);
+    assert!(
+        grown < 40 * 1024,
+        "RSS grew by {grown} KiB for {N} unread answers of {SIZE} bytes"
+    );
+    // Once read, every answer comes, in order.
+    let rs = read_responses(&mut hog, N);
+    assert_eq!(rs.len(), N);
+    assert!(rs.iter().all(|r| r.status == 200 && r.body.len() == SIZE));
+}
+
 /// A burst of large uploads does not pin its peak memory: once it is over, the server gives
 /// back what those requests took (each buffered a 1 MB body in its arena and answered with
 /// a 1 MB response).
