@@ -14,7 +14,9 @@ const CASES: &[(&str, &str, u16)] = &[
     ("CL negative", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
     ("CL hex", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\nabc", 400),
     ("CL overflow", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
-    ("TE unknown", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: zstd-magic\r\n\r\n", 501),
+    ("TE unknown then chunked", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: zstd-magic, chunked\r\n\r\n", 501),
+    // RFC 9112 §6.3: chunked not final, so the length is unknown: 400 whatever the coding.
+    ("TE unknown, not chunked", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: zstd-magic\r\n\r\n", 400),
     ("TE chunked not last", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
     ("TE chunked twice", "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
     ("TE in HTTP/1.0", "POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),

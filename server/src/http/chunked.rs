@@ -24,7 +24,8 @@
 //! an extension - both request-smuggling vectors):
 //! * Every line ends in CRLF. A bare LF, or a CR not followed by LF, is an
 //!   error everywhere (size line, extension, after data, trailers, end).
-//! * chunk-size is 1 to 16 hex digits (leading zeros count), case-insensitive.
+//! * chunk-size is 1 to 64 hex digits, of which at most 16 significant (the
+//!   value fits in u64; leading zeros as nginx accepts them), case-insensitive.
 //!   `0x`, signs, and empty sizes are rejected.
 //! * Whitespace in the chunk-size line only where RFC 9112 §7.1.1 puts BWS:
 //!   before each `;` and around an extension's name and `=`. RFC 9110 §5.6.3
@@ -199,7 +200,8 @@ impl ChunkedDecoder {
                 State::Failed(e) => return Err(e),
                 State::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if self.digits == MAX_CHUNK_SIZE_DIGITS {
+                        // A 17th significant digit would overflow u64.
+                        if self.digits == MAX_CHUNK_SIZE_DIGITS || self.size >> 60 != 0 {
                             return Err(Error::InvalidChunkSize);
                         }
                         let v = match b {
@@ -207,7 +209,6 @@ impl ChunkedDecoder {
                             b'a'..=b'f' => b - b'a' + 10,
                             _ => b - b'A' + 10,
                         };
-                        // At most 16 digits: cannot overflow u64.
                         self.size = (self.size << 4) | u64::from(v);
                         self.digits += 1;
                         State::Size
@@ -414,6 +415,8 @@ mod tests {
         (b"A\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
         (b"a\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
         (b"0000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),
+        (b"00000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),
+        (b"0000000000000000000000000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),
         (b"5;a\r\nhello\r\n0\r\n\r\n", b"hello"),
         (b"5;a=b;c;d=e\r\nhello\r\n0;x=y\r\n\r\n", b"hello"),
         (b"5;a=\"b \\\" ;c\"\r\nhello\r\n0\r\n\r\n", b"hello"),
@@ -526,8 +529,13 @@ mod tests {
             Error::InvalidChunkExtension,
         ),
         (
-            "17 digits",
-            b"00000000000000005\r\nhello\r\n",
+            "65 digits",
+            b"00000000000000000000000000000000000000000000000000000000000000005\r\nhello\r\n",
+            Error::InvalidChunkSize,
+        ),
+        (
+            "17 significant digits",
+            b"10000000000000005\r\nhello\r\n",
             Error::InvalidChunkSize,
         ),
         (

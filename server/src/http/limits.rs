@@ -52,11 +52,12 @@ pub const MAX_BODY: u64 = 1024 * 1024;
 
 /// Maximum number of hex digits in a chunk-size, leading zeros included.
 ///
-/// 16 hex digits is exactly the range of `u64`; the decoder additionally
-/// checks for overflow. hyper and llhttp likewise reject sizes that overflow
-/// 64 bits; nginx rejects chunk sizes above `off_t` max. Not configurable
-/// through [`Limits`] because a larger value could not be represented.
-pub const MAX_CHUNK_SIZE_DIGITS: usize = 16;
+/// RFC 9112 §7.1 puts no bound on `1*HEXDIG`, and nginx accepts leading zeros
+/// beyond 16 digits; this bound only keeps a size line finite. The value
+/// itself must fit in `u64` (at most 16 significant digits): hyper and llhttp
+/// likewise reject sizes that overflow 64 bits; nginx rejects chunk sizes
+/// above `off_t` max.
+pub const MAX_CHUNK_SIZE_DIGITS: usize = 64;
 
 /// Maximum bytes of chunk extensions (everything from the first `;` up to the
 /// CR) on one chunk-size line. Longer lines are answered 400.

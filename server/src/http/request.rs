@@ -53,9 +53,10 @@
 //!   values are equal (`5, 5`): RFC 9110 §8.6 allows either; strict is safer.
 //! * Transfer-Encoding: rejected in HTTP/1.0 (400), together with
 //!   Content-Length (400), empty list elements (400), `chunked` repeated or
-//!   not last (400), final coding not `chunked` (400). Unknown codings are
-//!   501; known codings before `chunked` (`gzip, chunked`) are 501 as well
-//!   because this server does not decode transfer codings other than chunked.
+//!   not last (400), final coding not `chunked` (400, also when it is an
+//!   unknown coding: RFC 9112 §6.3). Unknown codings before `chunked` are 501;
+//!   known ones (`gzip, chunked`) are 501 as well because this server does not
+//!   decode transfer codings other than chunked.
 //! * Host: exactly one field line for HTTP/1.1 (0 -> 400, >1 -> 400, also for
 //!   HTTP/1.0 when present). The value must be `uri-host [":" port]` with a
 //!   port of at most 5 digits; userinfo (`@`), `/`, spaces, non-ASCII -> 400.
@@ -644,11 +645,13 @@ impl TeState {
     }
 
     fn finish(&self) -> Result<BodyKind, Error> {
-        if self.unknown {
-            return Err(Error::UnsupportedTransferCoding);
-        }
+        // RFC 9112 §6.3: a final coding other than chunked leaves the body's length unknown,
+        // which MUST be a 400, whatever the codings are; only then is an unknown one a 501.
         if self.chunked_count != 1 || !self.last_is_chunked {
             return Err(Error::InvalidTransferEncoding);
+        }
+        if self.unknown {
+            return Err(Error::UnsupportedTransferCoding);
         }
         if self.other_known {
             return Err(Error::UnsupportedTransferCoding);
@@ -809,10 +812,10 @@ mod tests {
         ("TE empty element", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked\r\n\r\n", Error::InvalidTransferEncoding),
         ("TE trailing comma", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n", Error::InvalidTransferEncoding),
         ("TE non-token", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chun ked\r\n\r\n", Error::InvalidTransferEncoding),
-        ("TE unknown", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n", Error::UnsupportedTransferCoding),
+        ("TE unknown", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n", Error::InvalidTransferEncoding),
         ("TE unknown then chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo, chunked\r\n\r\n", Error::UnsupportedTransferCoding),
         ("TE gzip then chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Error::UnsupportedTransferCoding),
-        ("TE chunkedx", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkedx\r\n\r\n", Error::UnsupportedTransferCoding),
+        ("TE chunkedx", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkedx\r\n\r\n", Error::InvalidTransferEncoding),
         ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Error::TransferEncodingInHttp10),
         ("body too large", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n", Error::BodyTooLarge),
         // ---- field syntax
@@ -919,6 +922,10 @@ mod tests {
         assert_eq!(status(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
         assert_eq!(
             status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo, chunked\r\n\r\n"),
             501
         );
         assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
