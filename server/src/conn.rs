@@ -374,6 +374,24 @@ async fn process(c: &mut Conn, app: &App, input: &[u8], carried: &mut Carried) -
         let arena = app.arenas.take();
         let headers = arena.alloc_slice_fill_copy(limits.max_headers, HEADER_SLOT);
         let head = match http::parse_head(&input[off..], limits, headers) {
+            Err(http::Error::UnsupportedVersion) => {
+                match http::later_minor_version(&input[off..]) {
+                    // HTTP/1.2 to 1.9 are processed as HTTP/1.1 (RFC 9110 §2.5): parse a copy
+                    // of the head with the minor digit made 1 (httparse knows only 1.0 and
+                    // 1.1). Same length, so offsets into `input` still hold.
+                    Some(at) => {
+                        let src = &input[off..input.len().min(off + limits.max_head + 1)];
+                        let copy = arena.alloc_slice_copy(src);
+                        copy[at] = b'1';
+                        let headers = arena.alloc_slice_fill_copy(limits.max_headers, HEADER_SLOT);
+                        http::parse_head(copy, limits, headers)
+                    }
+                    None => Err(http::Error::UnsupportedVersion),
+                }
+            }
+            other => other,
+        };
+        let head = match head {
             Ok(Status::Complete(head, n)) => (head, n),
             Ok(Status::Partial) => {
                 app.arenas.give(arena);

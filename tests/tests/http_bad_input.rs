@@ -36,7 +36,6 @@ const CASES: &[(&str, &str, u16)] = &[
     ("Host with userinfo", "GET / HTTP/1.1\r\nHost: user@evil\r\n\r\n", 400),
     ("invalid method", "G(T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("HTTP/2.0 line", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
-    ("HTTP/1.2", "GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
     ("malformed version", "GET / HTTQ/1.1\r\nHost: x\r\n\r\n", 400),
     ("body over limit by CL", "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
     ("unsupported expectation", "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx", 417),

@@ -400,3 +400,27 @@ fn http10_closes_unless_keepalive_requested() {
     );
     assert_eq!(parse_responses(&out)[0].header("connection"), Some("close"));
 }
+
+/// RFC 9110 §2.5: a request in a later minor version of HTTP/1 is processed as HTTP/1.1 (kept
+/// alive, Host required, answered in HTTP/1.1); other versions get 505.
+#[test]
+fn a_later_http1_minor_version_is_served_as_http11() {
+    let srv = Server::start(&["--cpus", "0"]);
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.2\r\nHost: x\r\n\r\nGET /json HTTP/1.9\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let rs = read_responses(&mut s, 2);
+    assert_eq!(rs.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200]);
+    assert_eq!(rs[0].body, b"Hello, World!");
+    assert!(rs.iter().all(|r| r.header("connection") != Some("close")));
+    let out = exchange_until_close(&mut s, b"GET / HTTP/1.2\r\n\r\n");
+    assert_eq!(parse_responses(&out)[0].status, 400, "no Host: as in 1.1");
+    for req in [
+        "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        "GET / HTTP/3\r\nHost: x\r\n\r\n",
+    ] {
+        let mut s = srv.connect();
+        let out = exchange_until_close(&mut s, req.as_bytes());
+        assert!(out.starts_with(b"HTTP/1.1 505 "), "{req:?}");
+    }
+}

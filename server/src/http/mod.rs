@@ -25,8 +25,8 @@ pub use date::{CachedDate, format_imf_fixdate};
 pub use error::Error;
 pub use limits::Limits;
 pub use request::{
-    BodyKind, Header, HeaderSlot, RequestHead, Status, TargetForm, only_empty_lines, parse_head,
-    starts_with_method,
+    BodyKind, Header, HeaderSlot, RequestHead, Status, TargetForm, later_minor_version,
+    only_empty_lines, parse_head, starts_with_method,
 };
 pub use response::{
     CONTINUE_100, ConnectionHeader, Framing, ResponseHead, reason_phrase, write_chunk, write_error,

@@ -46,7 +46,9 @@
 //!   the RFC 3986 "unwise" characters `" < > \ ^ ` { | }` as nginx and hyper
 //!   do, because real clients send them unencoded in query strings.
 //! * HTTP version: httparse only knows `HTTP/1.0` and `HTTP/1.1`; other
-//!   well-formed `HTTP/x.y` (and `HTTP/x`, e.g. `HTTP/3`) are answered 505,
+//!   well-formed `HTTP/x.y` (and `HTTP/x`, e.g. `HTTP/3`) are
+//!   `UnsupportedVersion` (505), except that the connection layer parses
+//!   `HTTP/1.2`..`HTTP/1.9` again as `HTTP/1.1` ([`later_minor_version`]),
 //!   malformed versions 400.
 //! * Content-Length: exactly `1*DIGIT` (leading zeros allowed), fits in u64,
 //!   one field line only. Repeated lines or lists are rejected even when the
@@ -319,6 +321,34 @@ pub fn starts_with_method(buf: &[u8], method: &[u8]) -> bool {
     buf[leading_empty(buf)..]
         .strip_prefix(method)
         .is_some_and(|rest| rest.first() == Some(&b' '))
+}
+
+/// Where the minor digit of an `HTTP/1.x` request line with x > 1 is, for a head that
+/// [`parse_head`] answered with [`Error::UnsupportedVersion`]. RFC 9110 §2.5: a recipient of a
+/// higher minor version of a major version it implements SHOULD process the message as the
+/// highest minor version it knows; the caller parses a copy with that digit made `1`.
+pub fn later_minor_version(buf: &[u8]) -> Option<usize> {
+    let start = leading_empty(buf);
+    let line_end = buf[start..]
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map_or(buf.len(), |i| start + i);
+    let line = &buf[start..line_end];
+    match line {
+        [
+            ..,
+            b' ',
+            b'H',
+            b'T',
+            b'T',
+            b'P',
+            b'/',
+            b'1',
+            b'.',
+            b'2'..=b'9',
+        ] => Some(line_end - 1),
+        _ => None,
+    }
 }
 
 /// Number of leading CR/LF bytes (empty lines before the request line).
@@ -1348,6 +1378,18 @@ mod tests {
         assert!(!super::only_empty_lines(b"\n"));
         assert!(!super::only_empty_lines(b"\n\r"));
         assert!(!super::only_empty_lines(b"\r\nG"));
+    }
+
+    #[test]
+    fn a_later_minor_version_is_found_on_the_request_line() {
+        use super::later_minor_version as v;
+        assert_eq!(v(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), Some(13));
+        assert_eq!(v(b"\r\nGET / HTTP/1.9\r\n"), Some(15));
+        assert_eq!(v(b"GET / HTTP/1.2"), Some(13));
+        assert_eq!(v(b"GET / HTTP/2.0\r\n"), None);
+        assert_eq!(v(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(v(b"GET / HTTP/1.10\r\n"), None);
+        assert_eq!(v(b"GET /HTTP/1.2\r\n"), None);
     }
 
     #[test]
