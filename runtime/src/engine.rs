@@ -1730,6 +1730,41 @@ pub struct DrainReport {
     pub force_closed: usize,
 }
 
+/// What a failed accept says, and so what the acceptor does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptFailure {
+    /// That one connection failed (aborted while queued, refused by a firewall, or a network
+    /// error accept(2) passes on for it): take the next one at once.
+    Connection,
+    /// The listening socket itself is unusable: not listening (EINVAL, e.g. shut down by a
+    /// process that shares it), closed (EBADF), not a socket. Re-arming would fail at once,
+    /// for ever: stop.
+    Listener,
+    /// Out of descriptors or memory, or an error not known here: retry after a back-off.
+    Other,
+}
+
+impl AcceptFailure {
+    fn of(errno: i32) -> AcceptFailure {
+        match errno {
+            libc::ECONNABORTED
+            | libc::EPERM
+            | libc::EINTR
+            | libc::EPROTO
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT => AcceptFailure::Connection,
+            libc::EINVAL | libc::EBADF | libc::ENOTSOCK => AcceptFailure::Listener,
+            _ => AcceptFailure::Other,
+        }
+    }
+}
+
 /// A connection's generation-checked id within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(Key);
@@ -1759,9 +1794,12 @@ impl Acceptor {
             .expect("listener lives while its Acceptor does")
     }
 
-    /// Waits for the next connection. After EMFILE/ENFILE it backs off for [`ACCEPT_BACKOFF`] and
-    /// re-arms, without spinning. Returns `Err(Closed)` once [`Acceptor::stop`] was called and
-    /// the multishot accept has ended (every connection the kernel accepted before that returned).
+    /// Waits for the next connection. After EMFILE/ENFILE (or an error it does not know) it backs
+    /// off for [`ACCEPT_BACKOFF`] and re-arms, without spinning. Returns `Err(Closed)` once
+    /// [`Acceptor::stop`] was called and the multishot accept has ended (every connection the
+    /// kernel accepted before that returned), and the error itself when the listening socket is
+    /// unusable (shut down, by this process or another that shares it, or not a socket): the
+    /// acceptor then stops, with one line on stderr, since re-arming would fail at once, forever.
     pub async fn accept(&self) -> Result<Conn> {
         loop {
             let got = poll_fn(|cx| {
@@ -1798,24 +1836,39 @@ impl Acceptor {
                     });
                 }
                 Err(None) => return Err(Error::Closed),
-                Err(Some(errno)) => {
-                    if !matches!(
-                        errno,
-                        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-                    ) {
-                        // Per-connection failures (ECONNABORTED, EPERM from a firewall): go on.
+                Err(Some(errno)) => match AcceptFailure::of(errno) {
+                    AcceptFailure::Connection => {
                         self.eng.arm_accept(self.key);
-                        continue;
                     }
-                    self.report_accept_error(errno);
-                    glommio::timer::sleep(ACCEPT_BACKOFF).await;
-                    self.eng.arm_accept(self.key);
-                }
+                    AcceptFailure::Listener => {
+                        self.stop();
+                        self.report_dead_listener(errno);
+                        return Err(Error::from_cqe("accept", -errno));
+                    }
+                    AcceptFailure::Other => {
+                        self.report_accept_error(errno);
+                        glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                        self.eng.arm_accept(self.key);
+                    }
+                },
             }
         }
     }
 
-    /// Says on stderr that accepting failed for want of file descriptors or memory: at most once
+    /// Says on stderr, once (the acceptor stops), that the listening socket can no longer accept.
+    fn report_dead_listener(&self, errno: i32) {
+        let local = self.local_addr();
+        let thread = std::thread::current();
+        eprintln!(
+            "percore: {}: accepting on {local} failed: {}; the listening socket is unusable \
+             (shut down or closed), this shard stops accepting on it",
+            thread.name().unwrap_or("shard"),
+            std::io::Error::from_raw_os_error(errno),
+        );
+    }
+
+    /// Says on stderr that accepting failed for want of file descriptors or memory (or for a
+    /// reason not known here), and that it will be retried: at most once
     /// per [`ACCEPT_ERROR_REPORT_EVERY`] per listener (a full fd table fails every back-off),
     /// with the failures since the last report. All of them are counted in
     /// [`EngineStats::accept_errors`].
