@@ -1915,18 +1915,54 @@ impl Acceptor {
         self.stop_with(false);
     }
 
-    /// Stops accepting and stops the socket listening: `shutdown(2)` on a listening socket
-    /// takes it out of its SO_REUSEPORT group, so that new connections are refused at once
-    /// instead of waiting in an accept queue nobody reads until the process exits, and resets
-    /// those already waiting there. It acts on the socket, not the descriptor: every copy (the
-    /// listener table's, one sent to a hot-restart successor) stops listening, so this is for a
-    /// process that is shutting down, never for a handoff.
-    pub fn stop_listening(&self) {
+    /// Stops accepting and, when `custody` says this process alone holds the socket, stops it
+    /// listening; returns whether it did.
+    ///
+    /// `shutdown(2)` on a listening socket takes it out of its SO_REUSEPORT group, so that new
+    /// connections are refused at once instead of waiting in an accept queue nobody reads until
+    /// the process exits. It acts on the socket, not the descriptor: every copy (the listener
+    /// table's, one sent to a hot-restart successor) stops listening. So while a successor
+    /// holds the socket, or is being handed it, this only stops accepting and the socket goes on
+    /// listening in the successor.
+    ///
+    /// Shutting down also resets the connections waiting in the accept queue. Those are taken
+    /// first, in the same shard turn, and returned by [`Acceptor::accept`] like any other: only
+    /// a handshake that completes in the microseconds between that last accept and the
+    /// shutdown is reset.
+    pub fn stop_listening(&self, custody: &crate::listener::Custody) -> bool {
         self.stop_with(false);
-        let st = self.eng.st.borrow();
-        if let Some(l) = st.listeners.get(self.key) {
-            let _ = socket2::SockRef::from(&l.fd).shutdown(std::net::Shutdown::Both);
+        if !custody.close() {
+            return false;
         }
+        let mut st = self.eng.st.borrow_mut();
+        let Some(l) = st.listeners.get_mut(self.key) else {
+            return false;
+        };
+        let sock = socket2::SockRef::from(&l.fd);
+        // Ours alone now: make sure the loop below ends when the queue is empty.
+        let _ = sock.set_nonblocking(true);
+        let mut taken = 0u64;
+        loop {
+            match sock.accept() {
+                Ok((c, _)) => {
+                    l.queue.push_back(c.into_raw_fd());
+                    taken += 1;
+                }
+                // A connection that failed in the queue: the next one.
+                Err(e)
+                    if e.raw_os_error()
+                        .is_some_and(|n| AcceptFailure::of(n) == AcceptFailure::Connection) => {}
+                // Empty (EAGAIN), or unusable already.
+                Err(_) => break,
+            }
+        }
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        if taken > 0 {
+            if let Some(w) = l.waker.take() {
+                w.wake();
+            }
+        }
+        true
     }
 
     fn stop_with(&self, dropping: bool) {

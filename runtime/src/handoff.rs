@@ -75,7 +75,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::{
     error::{Error, Result},
-    listener::{BoundAddr, ListenerTable},
+    listener::{BoundAddr, Custody, ListenerTable},
 };
 
 /// The protocol version this build speaks.
@@ -388,8 +388,19 @@ impl HandoffRequest {
 
     /// Sends the handshake and every socket of `table` (per address, per shard index, in order),
     /// then returns the handle that waits for the successor's verdict.
+    ///
+    /// From here until that verdict the table's [`Custody`] counts the sockets as lent, so that
+    /// this process does not shut them down under the successor; sockets this process has
+    /// already shut down are not sent (the successor gets FAIL).
     pub fn send(mut self, table: &ListenerTable, config_generation: u64) -> Result<Successor> {
         const OP: &str = "handoff send";
+        if !table.custody().lend() {
+            let reason = "this process has stopped listening (it is shutting down)";
+            self.chan.fail_quietly(reason);
+            return Err(Error::io(OP, io::Error::other(reason)));
+        }
+        // Settles the lend on every return below, as the `Successor` does later.
+        let mut lent = Lent::new(table.custody().clone());
         let entries = table.entries();
         let invalid = |m: String| Error::io(OP, io::Error::new(io::ErrorKind::InvalidInput, m));
         if entries.len() > MAX_ADDRS {
@@ -439,16 +450,46 @@ impl HandoffRequest {
             chan: self.chan,
             pid: self.pid,
             shards: self.shards,
+            lent: lent.take(),
         })
     }
 }
 
+/// A [`Custody::lend`] not settled yet: dropping it settles it as a failure.
+#[derive(Debug)]
+struct Lent(Option<Custody>);
+
+impl Lent {
+    fn new(custody: Custody) -> Lent {
+        Lent(Some(custody))
+    }
+
+    fn take(&mut self) -> Lent {
+        Lent(self.0.take())
+    }
+
+    fn settle(&mut self, taken: bool) {
+        if let Some(c) = self.0.take() {
+            c.settle(taken);
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.settle(false);
+    }
+}
+
 /// A successor that has received every socket; [`wait_ready`](Self::wait_ready) for its verdict.
+/// Until READY the sockets count as lent (see [`Custody`]); a failure, or dropping this without
+/// a verdict (the successor then fails its READY and exits), gives them back.
 #[derive(Debug)]
 pub struct Successor {
     chan: Channel,
     pid: u32,
     shards: u32,
+    lent: Lent,
 }
 
 impl Successor {
@@ -466,6 +507,12 @@ impl Successor {
     /// successor's reason in the error), the connection closing, a timeout or anything malformed
     /// is an error: the old process then keeps serving.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<u32> {
+        let verdict = self.read_verdict(timeout);
+        self.lent.settle(verdict.is_ok());
+        verdict
+    }
+
+    fn read_verdict(&mut self, timeout: Duration) -> Result<u32> {
         const OP: &str = "handoff wait ready";
         let pid = self.pid;
         let deadline = Instant::now() + timeout;
@@ -1398,6 +1445,41 @@ mod tests {
         });
         let e = verdict.unwrap_err();
         assert!(e.to_string().contains("bad config"), "{e}");
+        // The sockets are this process's alone again: stopping may shut them down.
+        assert!(!table.custody().is_shared());
+        assert!(table.custody().close());
+    }
+
+    #[test]
+    fn sockets_a_successor_took_are_never_shut_down_by_the_old_process() {
+        let dir = TempDir::new("custody");
+        let table = table();
+        let custody = table.custody().clone();
+        let (verdict, ()) = handoff(&dir, &table, move |_, handle| {
+            // Sent, not yet confirmed: the old process must not shut them down meanwhile.
+            assert!(custody.is_shared());
+            assert!(!custody.close());
+            handle.ready().unwrap();
+        });
+        verdict.unwrap();
+        assert!(
+            !table.custody().close(),
+            "the successor holds them for good"
+        );
+    }
+
+    #[test]
+    fn sockets_already_shut_down_are_not_handed_over() {
+        let dir = TempDir::new("closed");
+        let table = table();
+        assert!(table.custody().close());
+        let path = dir.join("control.sock");
+        let server = HandoffServer::bind(&path).unwrap();
+        let client = thread::spawn(move || receive(&path, 2, T).map(|_| ()));
+        let e = server.accept(Some(T)).unwrap().send(&table, 1).unwrap_err();
+        assert!(e.to_string().contains("stopped listening"), "{e}");
+        let e = client.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("stopped listening"), "{e}");
     }
 
     #[test]

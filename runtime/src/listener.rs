@@ -8,11 +8,16 @@
 //!
 //! A fresh start refuses a port that is already taken, even though SO_REUSEPORT would let it join
 //! silently: before binding, a probe socket without SO_REUSEPORT tries the address.
+//!
+//! The table also keeps the sockets' [`Custody`]: whether this process alone holds them or has
+//! handed them to a successor. A socket's state (listening or shut down) belongs to the socket,
+//! not to a descriptor, so a process that shares its sockets must never shut them down.
 
 use std::{
     io,
     net::SocketAddr,
     os::fd::{AsRawFd, OwnedFd},
+    sync::{Arc, Mutex},
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -38,6 +43,73 @@ pub struct BoundAddr {
 #[derive(Debug, Default)]
 pub struct ListenerTable {
     entries: Vec<BoundAddr>,
+    custody: Custody,
+}
+
+/// Who holds a table's listening sockets: decides whether stopping may shut them down.
+///
+/// `shutdown(2)` acts on the socket, which a hot-restart successor shares with this process (the
+/// same open file description): shutting down a socket it holds would leave it listening on
+/// nothing. So shutting down is allowed only while no handoff is in flight and none has
+/// succeeded ([`Custody::close`]), and a handoff only while the sockets are not shut down
+/// ([`Custody::lend`]). Cloning gives another handle to the same state; the control thread and
+/// every shard hold one. Not on the request path: the lock is taken once per handoff and once
+/// per shard when it stops listening.
+#[derive(Clone, Debug, Default)]
+pub struct Custody(Arc<Mutex<CustodyState>>);
+
+#[derive(Debug, Default)]
+struct CustodyState {
+    /// Handoffs in flight: sockets sent (or being sent), the successor's verdict not yet known.
+    lent: u32,
+    /// A successor said READY: it holds the sockets for good.
+    handed: bool,
+    /// This process has shut its sockets down: they can no longer be handed over.
+    closed: bool,
+}
+
+impl Custody {
+    fn state(&self) -> std::sync::MutexGuard<'_, CustodyState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before sending the sockets to a successor: false once they have been shut down (the
+    /// successor would get sockets that listen on nothing). Every `true` is ended by one
+    /// [`Custody::settle`].
+    pub fn lend(&self) -> bool {
+        let mut st = self.state();
+        if st.closed {
+            return false;
+        }
+        st.lent += 1;
+        true
+    }
+
+    /// The successor of a [`Custody::lend`] answered: `taken` (READY) means it holds the sockets
+    /// from now on; otherwise it failed and will exit, and they are this process's alone again.
+    pub fn settle(&self, taken: bool) {
+        let mut st = self.state();
+        st.lent = st.lent.saturating_sub(1);
+        st.handed |= taken;
+    }
+
+    /// Whether this process may shut the sockets down: true when it alone holds them (and from
+    /// then on no handoff can start); false while a handoff is in flight or after one succeeded,
+    /// when stopping must only stop accepting and leave the sockets to the successor.
+    pub fn close(&self) -> bool {
+        let mut st = self.state();
+        if st.lent > 0 || st.handed {
+            return false;
+        }
+        st.closed = true;
+        true
+    }
+
+    /// Whether a successor holds the sockets or is taking them over.
+    pub fn is_shared(&self) -> bool {
+        let st = self.state();
+        st.lent > 0 || st.handed
+    }
 }
 
 /// One listening socket handed to a shard.
@@ -82,7 +154,10 @@ impl ListenerTable {
                 sockets,
             });
         }
-        Ok(ListenerTable { entries })
+        Ok(ListenerTable {
+            entries,
+            custody: Custody::default(),
+        })
     }
 
     /// Builds the table from sockets inherited from a predecessor (hot restart). Extra shards get
@@ -98,7 +173,15 @@ impl ListenerTable {
             }
             out.push(e);
         }
-        Ok(ListenerTable { entries: out })
+        Ok(ListenerTable {
+            entries: out,
+            custody: Custody::default(),
+        })
+    }
+
+    /// Who holds these sockets (see [`Custody`]); a handle to share with the shards.
+    pub fn custody(&self) -> &Custody {
+        &self.custody
     }
 
     /// All bound addresses with their sockets.
@@ -226,6 +309,34 @@ mod tests {
         // 192.0.2.0/24 is TEST-NET-1: never assigned to this machine.
         let r = ListenerTable::bind(&["192.0.2.1:0".parse().unwrap()], &[0], 128);
         assert!(matches!(r, Err(Error::AddrNotAvailable(_))), "{r:?}");
+    }
+
+    #[test]
+    fn sockets_lent_or_handed_over_are_never_closed_and_closed_ones_never_lent() {
+        let c = Custody::default();
+        // A failed handoff gives the sockets back.
+        assert!(c.lend());
+        assert!(c.is_shared());
+        assert!(!c.close(), "no shutdown while a successor is taking them");
+        c.settle(false);
+        assert!(!c.is_shared());
+        // A successful one keeps them shared for good, even when a later handoff fails.
+        assert!(c.lend());
+        c.settle(true);
+        assert!(c.lend());
+        c.settle(false);
+        assert!(c.is_shared());
+        assert!(!c.close());
+        // Once shut down, nothing is handed over; closing again (another shard) is allowed.
+        let c = Custody::default();
+        assert!(c.close());
+        assert!(c.close());
+        assert!(!c.lend());
+        // Handles share one state.
+        let t = ListenerTable::default();
+        let shard_side = t.custody().clone();
+        assert!(t.custody().lend());
+        assert!(!shard_side.close());
     }
 
     #[test]

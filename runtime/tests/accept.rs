@@ -1,9 +1,10 @@
-//! Accepting and stopping: a listening socket that dies under its acceptor.
+//! Accepting and stopping: a listening socket that dies under its acceptor, and the end of
+//! listening with connections still waiting in the accept queue or a successor holding the socket.
 
 use std::{
-    io::Read,
+    io::{ErrorKind, Read},
     net::{SocketAddr, TcpStream},
-    os::fd::OwnedFd,
+    os::fd::{AsRawFd, OwnedFd},
     rc::Rc,
     sync::{mpsc, Arc},
     time::Duration,
@@ -104,6 +105,18 @@ fn read_all(mut s: TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Waits (poll(2), at most 10 s) until the listening socket has a connection in its queue.
+fn wait_queued(fd: &OwnedFd) {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one live pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+    assert_eq!(n, 1, "a connection in the accept queue");
+}
+
 #[test]
 fn a_listening_socket_shut_down_by_another_holder_stops_its_acceptor_without_spinning() {
     let srv = OneShard::start();
@@ -124,4 +137,52 @@ fn a_listening_socket_shut_down_by_another_holder_stops_its_acceptor_without_spi
     let stats = srv.on_shard(|_, e| e.stats());
     assert_eq!(stats.accept_errors, 1, "{stats:?}");
     assert_eq!(stats.accepted, 1, "{stats:?}");
+}
+
+#[test]
+fn stop_listening_serves_the_connections_already_queued_and_refuses_new_ones() {
+    let srv = OneShard::start();
+    let (addr, sock, custody) = (srv.addr, srv.socket(), srv.table.custody().clone());
+    // On the shard, which therefore cannot accept meanwhile: a client connects and waits in the
+    // accept queue, then listening stops.
+    let (client, stopped) = srv.on_shard(move |acc, _| {
+        let client = TcpStream::connect(addr).unwrap();
+        wait_queued(&sock);
+        (client, acc.stop_listening(&custody))
+    });
+    assert!(stopped, "this process alone holds the socket");
+    assert_eq!(
+        read_all(client).expect("the queued client is answered, not reset"),
+        b"hello\n"
+    );
+    let e = TcpStream::connect(srv.addr).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    // The acceptor ends cleanly once its queue is empty.
+    let err = srv.ended.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(err, "connection closed");
+    assert_eq!(srv.on_shard(|_, e| e.stats()).accept_errors, 0);
+}
+
+#[test]
+fn stop_listening_leaves_a_socket_that_a_successor_holds_listening() {
+    let srv = OneShard::start();
+    let successor = srv.socket();
+    // The sockets are being handed over when the drain ends.
+    assert!(srv.table.custody().lend());
+    let custody = srv.table.custody().clone();
+    assert!(!srv.on_shard(move |acc, _| acc.stop_listening(&custody)));
+    assert_eq!(
+        srv.ended.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "connection closed",
+        "this process stopped accepting"
+    );
+    // A new client is not refused: it waits in the queue, and the successor accepts it.
+    let client = TcpStream::connect(srv.addr).expect("still listening");
+    wait_queued(&successor);
+    let (conn, _) = socket2::SockRef::from(&successor).accept().unwrap();
+    assert_eq!(
+        conn.peer_addr().unwrap().as_socket().unwrap(),
+        client.local_addr().unwrap()
+    );
+    srv.table.custody().settle(true);
 }

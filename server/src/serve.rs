@@ -192,12 +192,14 @@ pub fn start_on(
     let routes = opts.routes.clone();
     let file = opts.file.clone();
     let drain_accept = opts.drain_accept;
+    let custody = table.custody().clone();
     let rt = builder.spawn(table, move |mut shard: percore_runtime::Shard<Control>| {
         let mesh_cfg = mesh_cfg.clone();
         let mutex_kv = mutex_kv.clone();
         let config = Rc::new(config.clone());
         let routes = routes.clone();
         let file = file.clone();
+        let custody = custody.clone();
         async move {
             let id = shard.id;
             let kv = Kv::new(id, shard.count);
@@ -309,13 +311,16 @@ pub fn start_on(
                         }
                     } else {
                         let acceptors = acceptors.clone();
+                        let custody = custody.clone();
                         let grace = deadline
                             .saturating_duration_since(Instant::now())
                             .min(drain_accept);
                         glommio::spawn_local(async move {
                             glommio::timer::sleep(grace).await;
+                            // Not the sockets a hot-restart successor holds or is being
+                            // handed: those only stop accepting here.
                             for a in &acceptors {
-                                a.stop_listening();
+                                a.stop_listening(&custody);
                             }
                         })
                         .detach();
