@@ -23,7 +23,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         mpsc,
     },
     time::{Duration, Instant, SystemTime},
@@ -34,6 +34,7 @@ use percore_runtime::{ControlHandle, EngineStats, buf::PoolStats};
 use crate::{
     config_file::{Config, ConfigError},
     http::{self, HEADER_SLOT, Status},
+    lifecycle::Lifecycle,
     metrics::{MetricsSnapshot, push_metric, render_prometheus},
     serve::Control,
 };
@@ -191,8 +192,7 @@ pub struct ControlPlane {
     ctl: ControlHandle<Control>,
     started: Instant,
     cpus: Vec<usize>,
-    draining: Arc<AtomicBool>,
-    drain_timeout: Duration,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl ControlPlane {
@@ -203,8 +203,7 @@ impl ControlPlane {
         overrides: Overrides,
         ctl: ControlHandle<Control>,
         cpus: Vec<usize>,
-        draining: Arc<AtomicBool>,
-        drain_timeout: Duration,
+        lifecycle: Arc<Lifecycle>,
     ) -> Arc<ControlPlane> {
         let mut snapshots = VecDeque::new();
         snapshots.push_back((1, initial.clone(), SystemTime::now()));
@@ -222,8 +221,7 @@ impl ControlPlane {
             ctl,
             started: Instant::now(),
             cpus,
-            draining,
-            drain_timeout,
+            lifecycle,
         })
     }
 
@@ -418,7 +416,7 @@ impl ControlPlane {
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
             self.started.elapsed().as_secs_f64(),
-            self.draining.load(Ordering::SeqCst),
+            self.lifecycle.draining(),
             generation,
             kept.join(","),
             ok,
@@ -435,16 +433,7 @@ impl ControlPlane {
 
     /// Starts a drain (as SIGTERM does).
     pub fn drain(&self) {
-        if !self.draining.swap(true, Ordering::SeqCst) {
-            eprintln!(
-                "percore: draining on admin request (deadline {:?})",
-                self.drain_timeout
-            );
-            let _ = self.ctl.broadcast(Control::Drain {
-                deadline: Instant::now() + self.drain_timeout,
-                handoff: false,
-            });
-        }
+        self.lifecycle.drain(" on admin request");
     }
 }
 

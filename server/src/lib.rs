@@ -17,6 +17,7 @@ pub mod demo;
 pub mod handler;
 pub mod http;
 pub mod kv;
+pub mod lifecycle;
 pub mod metrics;
 pub mod middleware;
 pub mod router;

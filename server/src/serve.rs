@@ -5,13 +5,13 @@
 //! Draining (SIGTERM/SIGINT: `/readyz` answers 503, idle connections close, new connections are
 //! accepted for `server.drain_accept` (1 s) and answered with `Connection: close`, then refused;
 //! in-flight requests finish until the drain deadline) → Stopped (exit 0). A second SIGINT exits
-//! at once.
+//! at once. A drain asked for during a hot restart follows its outcome (see
+//! [`crate::lifecycle`]).
 
 use std::{
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -31,6 +31,7 @@ use crate::{
     config_file::Config,
     control::{ControlPlane, Overrides},
     kv::{Kv, MutexKv, ShardMsg},
+    lifecycle::{DrainRequest, Lifecycle},
     router::RouterBuilder,
 };
 
@@ -544,16 +545,23 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(r) = ready {
         r.ready()?;
     }
-    let draining = Arc::new(AtomicBool::new(false));
     let ctl = server.control();
+    let lifecycle = {
+        let ctl = ctl.clone();
+        Lifecycle::new(drain_timeout, move |handoff| {
+            let _ = ctl.broadcast(Control::Drain {
+                deadline: Instant::now() + drain_timeout,
+                handoff,
+            });
+        })
+    };
     let cp = ControlPlane::new(
         cfg.clone(),
         args.config.clone(),
         overrides,
         ctl.clone(),
         server.cpus().to_vec(),
-        draining.clone(),
-        drain_timeout,
+        lifecycle.clone(),
     );
     // The admin API: its own listener (bound above), never the public one.
     match admin_listener {
@@ -597,28 +605,15 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _control_file = handoff_server.as_ref().map(|h| h.socket_file());
     // Hands the sockets to a successor that connects to the control socket.
     let can_upgrade = handoff_server.is_some();
-    let upgrade = Arc::new(UpgradeState::default());
     if let Some(handoff_server) = handoff_server {
-        let ctl = ctl.clone();
-        let draining = draining.clone();
         let table = server.listeners().clone();
-        let upgrade = upgrade.clone();
+        let lifecycle = lifecycle.clone();
         std::thread::Builder::new()
             .name("percore-handoff".into())
-            .spawn(move || {
-                serve_handoffs(
-                    handoff_server,
-                    table,
-                    ctl,
-                    draining,
-                    drain_timeout,
-                    &upgrade,
-                )
-            })?;
+            .spawn(move || serve_handoffs(handoff_server, table, &lifecycle))?;
     }
     {
         let args = std::env::args_os().collect::<Vec<_>>();
-        let draining = draining.clone();
         let cp = cp.clone();
         std::thread::Builder::new().name("percore-signals".into()).spawn(move || {
             for sig in signals.forever() {
@@ -632,24 +627,18 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 if sig == signal_hook::consts::SIGUSR2 {
                     if !can_upgrade {
                         eprintln!("percore: hot restart unavailable (no control socket); SIGUSR2 ignored");
-                    } else if draining.load(Ordering::SeqCst) {
-                        eprintln!("percore: draining; upgrade ignored");
-                    } else if !upgrade.begin() {
-                        eprintln!("percore: a successor is already starting; SIGUSR2 ignored");
                     } else {
-                        spawn_successor(&args);
+                        match lifecycle.begin_upgrade() {
+                            Ok(()) => spawn_successor(&args),
+                            Err(why) => eprintln!("percore: {why}"),
+                        }
                     }
                     continue;
                 }
-                if draining.swap(true, Ordering::SeqCst) {
-                    if sig == signal_hook::consts::SIGINT {
-                        eprintln!("percore: second interrupt, exiting now");
-                        std::process::exit(130);
-                    }
-                    continue;
+                if lifecycle.drain("") == DrainRequest::AlreadyAsked && sig == signal_hook::consts::SIGINT {
+                    eprintln!("percore: second interrupt, exiting now");
+                    std::process::exit(130);
                 }
-                eprintln!("percore: draining (deadline {drain_timeout:?})");
-                let _ = ctl.broadcast(Control::Drain { deadline: Instant::now() + drain_timeout, handoff: false });
             }
         })?;
     }
@@ -668,51 +657,14 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// How long a successor waits to receive the sockets, and the old process for its READY.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long after starting a successor this process waits for it to connect before another
-/// SIGUSR2 may start one (one that fails early, on a bad config, never connects).
+/// SIGUSR2 may start one, and before a drain asked for meanwhile starts without it (one that
+/// fails early, on a bad config, never connects).
 pub const SUCCESSOR_CONNECT_WINDOW: Duration = Duration::from_secs(5);
 
-/// Whether a hot restart is under way: a successor was started and has not connected yet (for
-/// up to [`SUCCESSOR_CONNECT_WINDOW`]), or one is taking the sockets over. A second SIGUSR2
-/// meanwhile is ignored rather than starting a second successor that can only fail.
-#[derive(Default)]
-struct UpgradeState(std::sync::Mutex<Option<(Instant, bool)>>);
-
-impl UpgradeState {
-    /// Marks a successor started; false if one is under way.
-    fn begin(&self) -> bool {
-        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let busy = match *st {
-            Some((_, true)) => true,
-            Some((at, false)) => at.elapsed() < SUCCESSOR_CONNECT_WINDOW,
-            None => false,
-        };
-        if !busy {
-            *st = Some((Instant::now(), false));
-        }
-        !busy
-    }
-
-    /// A successor connected: a handoff is in progress until [`UpgradeState::end`].
-    fn handing_over(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), true));
-    }
-
-    /// The handoff ended (the successor failed, or took over).
-    fn end(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-}
-
-/// Answers successors on the control socket: sends them the listening sockets, waits for READY,
-/// then drains this process. A successor that fails leaves this process serving.
-fn serve_handoffs(
-    hs: handoff::HandoffServer,
-    table: Arc<ListenerTable>,
-    ctl: ControlHandle<Control>,
-    draining: Arc<AtomicBool>,
-    drain_timeout: Duration,
-    upgrade: &UpgradeState,
-) {
+/// Answers successors on the control socket: sends them the listening sockets and waits for
+/// READY; the [`Lifecycle`] then drains this process. A successor that fails leaves this process
+/// serving (or draining, if a drain was asked for meanwhile).
+fn serve_handoffs(hs: handoff::HandoffServer, table: Arc<ListenerTable>, lifecycle: &Lifecycle) {
     loop {
         let req = match hs.accept(None) {
             Ok(r) => r,
@@ -721,36 +673,25 @@ fn serve_handoffs(
                 continue;
             }
         };
-        if draining.load(Ordering::SeqCst) {
+        if !lifecycle.successor_connected() {
             let _ = req.reject("this process is already draining");
             continue;
         }
         let pid = req.pid();
-        upgrade.handing_over();
         let mut successor = match req.send(&table, 0) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("percore: handoff to pid {pid} failed: {e}; still serving");
-                upgrade.end();
+                lifecycle.successor_failed(&format!("handoff to pid {pid} failed: {e}"));
                 continue;
             }
         };
-        let outcome = successor.wait_ready(HANDOFF_TIMEOUT);
-        upgrade.end();
-        match outcome {
+        match successor.wait_ready(HANDOFF_TIMEOUT) {
             Ok(pid) => {
-                if draining.swap(true, Ordering::SeqCst) {
-                    continue;
-                }
-                eprintln!("percore: pid {pid} took over; draining (deadline {drain_timeout:?})");
-                let _ = ctl.broadcast(Control::Drain {
-                    deadline: Instant::now() + drain_timeout,
-                    handoff: true,
-                });
+                lifecycle.successor_ready(pid);
                 return;
             }
             Err(e) => {
-                eprintln!("percore: successor pid {pid} failed before ready: {e}; still serving")
+                lifecycle.successor_failed(&format!("successor pid {pid} failed before ready: {e}"))
             }
         }
     }

@@ -1,10 +1,16 @@
 //! Hot restart under load: ten upgrades in a row while percore-bench sends a constant rate over
 //! keep-alive connections lose nothing (no connect error, reset, timeout or non-2xx), and the
-//! serving pid changes every time.
+//! serving pid changes every time. A SIGTERM to the old process in the middle of a hot restart
+//! leaves the successor serving.
 
 mod support;
 use std::{
+    io::{Read, Write},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -315,4 +321,169 @@ fn a_second_sigusr2_during_an_upgrade_is_ignored() {
     // ... which removes both when it stops without a successor of its own.
     assert!(!pid_file.exists(), "a stale pid file");
     assert!(!ctl.exists(), "a stale control socket");
+}
+
+/// Fresh connections, one `GET /` each, one after the other until `stop`: returns how many were
+/// answered 200 and what went wrong with the others. The first answer is announced on `started`.
+fn new_connections(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    started: mpsc::Sender<()>,
+) -> (u64, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.load(Ordering::SeqCst) {
+        let outcome = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out)?;
+            Ok(out)
+        });
+        match outcome {
+            Ok(out) if out.starts_with(b"HTTP/1.1 200 ") => {
+                ok += 1;
+                let _ = started.send(());
+            }
+            Ok(out) => failed.push(String::from_utf8_lossy(&out).into_owned()),
+            Err(e) => failed.push(e.to_string()),
+        }
+        // A steady trickle, not a flood: the shards share this machine's CPUs with the test.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (ok, failed)
+}
+
+/// Waits for a line that contains `what` (at most 30 s); returns it.
+fn wait_line(rx: &mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) -> String {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains(what) => return l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("no line with {what:?} ({e}); before it: {seen:#?}"),
+        }
+    }
+}
+
+/// Sends SIGTERM to the serving process as soon as its stderr (which a successor shares) shows
+/// `moment`, in the middle of a hot restart, and checks that the successor ends up serving the
+/// port alone: no new connection is refused at any point, and the successor's shards do not
+/// spin on failing accepts.
+fn sigterm_during_a_hot_restart(tag: &str, moment: &str) {
+    let dir = temp_dir(tag);
+    let pid_file = dir.join("percore.pid");
+    let ctl = dir.join("control.sock");
+    // `--drain-accept 0s`: a plain drain would stop listening at once, the harshest case for
+    // sockets a successor shares.
+    let mut srv = Server::start(&[
+        "--cpus",
+        "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--control-socket",
+        ctl.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+        "--drain-accept",
+        "0s",
+    ]);
+    let old = read_pid(&pid_file).unwrap();
+    let rx = stderr_lines(&mut srv);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started) = mpsc::channel();
+    let prober = {
+        let (addr, stop) = (srv.addr, stop.clone());
+        std::thread::spawn(move || new_connections(addr, stop, started_tx))
+    };
+    started.recv().expect("the first connection is answered");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(old as i32, libc::SIGUSR2) };
+    let mut seen = Vec::new();
+    wait_line(&rx, moment, &mut seen);
+    // SAFETY: as above.
+    unsafe { libc::kill(old as i32, libc::SIGTERM) };
+    wait_for("a new pid in the pid file", Duration::from_secs(30), || {
+        read_pid(&pid_file).is_some_and(|p| p != old)
+    });
+    let new = read_pid(&pid_file).unwrap();
+    wait_for(
+        &format!("pid {old} to drain and exit"),
+        Duration::from_secs(40),
+        || !alive(old),
+    );
+    assert_eq!(srv.child.wait().unwrap().code(), Some(0));
+    // The successor serves the port alone now.
+    let r = support::request(
+        srv.addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "the successor serves");
+    stop.store(true, Ordering::SeqCst);
+    let (answered, failed) = prober.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} new connections failed: {:?}",
+        failed.len(),
+        answered + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    // Its accepts never failed (shards spinning on a dead socket count hundreds of thousands a
+    // second).
+    let stdout = srv.stdout_lines.lock().unwrap();
+    let admin = loop {
+        let line = stdout
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the successor's admin line");
+        if let Some(a) = line.strip_prefix("percore: admin on http://") {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let metrics = support::request(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8(metrics.body).unwrap();
+    let errors: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("percore_accept_errors_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        text.contains("percore_accept_errors_total{"),
+        "the counter is exported: {text}"
+    );
+    assert_eq!(errors, 0.0, "{text}");
+    // SAFETY: the successor is not our child; stop it.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    wait_for("the successor to exit", Duration::from_secs(40), || {
+        !alive(new)
+    });
+    // Both processes have exited: read their stderr to the end. Nothing there says that a
+    // listening socket died.
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => seen.push(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("stderr still open ({e}): {seen:#?}"),
+        }
+    }
+    assert!(!seen.iter().any(|l| l.contains("unusable")), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("pid {new} took over"))),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn sigterm_before_the_successor_connects_lets_it_take_over() {
+    // The old process logs this line, then starts the successor: the signal arrives while the
+    // successor starts up, before it asks for the sockets.
+    sigterm_during_a_hot_restart("upgrade-term-early", "percore: starting successor");
+}
+
+#[test]
+fn sigterm_while_the_successor_takes_the_sockets_over_leaves_it_serving() {
+    // The successor logs this line once it holds the sockets, then starts its shards and only
+    // then says READY: the signal arrives while the handoff is in flight.
+    sigterm_during_a_hot_restart("upgrade-term-handoff", "percore: took over");
 }

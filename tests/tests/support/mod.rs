@@ -34,8 +34,10 @@ pub struct Server {
     /// The admin API's address, when started with `--admin`.
     pub admin: Option<SocketAddr>,
     pub stderr: Option<ChildStderr>,
-    /// Lines printed on stdout after the listening line(s) were read.
-    pub stdout_lines: Vec<String>,
+    /// Lines printed on stdout after the listening line(s) were read (by this process, and by
+    /// a hot-restart successor, which inherits its stdout).
+    /// (Behind a lock only so that a `&Server` can be shared between threads.)
+    pub stdout_lines: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -84,14 +86,25 @@ impl Server {
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (tx, stdout_lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines {
+                match line {
+                    Ok(l) => {
+                        let _ = tx.send(l);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
+                    Err(_) => break,
+                }
+            }
+        });
         let stderr = child.stderr.take();
         Server {
             child,
             addr,
             admin,
             stderr,
-            stdout_lines: Vec::new(),
+            stdout_lines: std::sync::Mutex::new(stdout_lines),
         }
     }
 
