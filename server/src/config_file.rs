@@ -113,7 +113,8 @@ pub struct ServerSection {
     pub drain_timeout: Duration,
     /// How long a drain (SIGTERM, not a hot restart) keeps accepting new connections, which get
     /// `Connection: close` while `/readyz` says 503; after it the listening sockets stop
-    /// listening and new connections are refused. `"0s"` stops at once. Default `"1s"`.
+    /// listening and new connections are refused. An idle process too stays this long. `"0s"`
+    /// stops at once. Default `"1s"`.
     #[serde(deserialize_with = "de_duration")]
     pub drain_accept: Duration,
     /// Unix socket path the process listens on for a hot restart handoff (the new process

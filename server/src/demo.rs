@@ -65,6 +65,8 @@ pub fn run(opts: DemoOptions) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let server = start(ServeOptions {
         listen: vec!["127.0.0.1:0".parse().expect("valid address")],
         cpus: CpuSelection::List(server_cpus.clone()),
+        // Nobody but the demo's own load generator connects: its drain need not keep accepting.
+        drain_accept: Duration::ZERO,
         ..ServeOptions::default()
     })?;
     let addr = server.addrs()[0];

@@ -3,10 +3,10 @@
 //!
 //! The lifecycle: Setup (parse, check the system) → Bootstrap (bind, start shards) → Running →
 //! Draining (SIGTERM/SIGINT: `/readyz` answers 503, idle connections close, new connections are
-//! accepted for `server.drain_accept` (1 s) and answered with `Connection: close`, then refused;
-//! in-flight requests finish until the drain deadline) → Stopped (exit 0). A second SIGINT exits
-//! at once. A drain asked for during a hot restart follows its outcome (see
-//! [`crate::lifecycle`]).
+//! accepted for `server.drain_accept` (1 s) and answered with `Connection: close`, even by an
+//! idle server, then refused; in-flight requests finish until the drain deadline) → Stopped
+//! (exit 0). A second SIGINT exits at once. A drain asked for during a hot restart follows its
+//! outcome (see [`crate::lifecycle`]).
 
 use std::{
     net::SocketAddr,
@@ -16,10 +16,11 @@ use std::{
 };
 
 use percore_runtime::{
-    ControlHandle, EngineConfig, IdleStrategy, MeshConfig, Runtime, RuntimeBuilder,
+    Acceptor, ControlHandle, Engine, EngineConfig, IdleStrategy, MeshConfig, Runtime,
+    RuntimeBuilder,
     cpus::{CpuSelection, format_cpu_list},
     handoff,
-    listener::{DEFAULT_BACKLOG, ListenerTable},
+    listener::{Custody, DEFAULT_BACKLOG, ListenerTable},
     probe::Probed,
 };
 
@@ -58,8 +59,9 @@ pub enum Control {
         reply: std::sync::mpsc::Sender<crate::control::ShardReport>,
     },
     /// Drain until the deadline, then end the shard. With `handoff`, a successor serves the
-    /// same sockets: stop accepting at once; otherwise keep answering (with `Connection: close`
-    /// and `/readyz` 503) until the drain ends.
+    /// same sockets: stop accepting at once (also when a drain has already begun); otherwise
+    /// keep accepting (answering with `Connection: close`, `/readyz` 503) for `drain_accept`,
+    /// then stop listening.
     Drain { deadline: Instant, handoff: bool },
 }
 
@@ -237,12 +239,27 @@ pub fn start_on(
                 })
                 .detach();
             }
-            let cx = ShardContext { shard: id, shards: shard.count, engine: shard.engine.clone(), kv, mutex_kv, config: file, limiters };
+            let cx = ShardContext {
+                shard: id,
+                shards: shard.count,
+                engine: shard.engine.clone(),
+                kv,
+                mutex_kv,
+                config: file,
+                limiters,
+            };
             let router = match (routes)(&cx).build() {
                 Ok(r) => Rc::new(r),
                 Err(e) => panic!("shard {id}: {e}"),
             };
-            let app = App::new(id, shard.count, shard.engine.clone(), shard.arenas.clone(), config, router);
+            let app = App::new(
+                id,
+                shard.count,
+                shard.engine.clone(),
+                shard.arenas.clone(),
+                config,
+                router,
+            );
             app.generation.set(1);
             let mut acceptors: Vec<Rc<percore_runtime::Acceptor>> = Vec::new();
             for l in shard.take_listeners() {
@@ -261,8 +278,13 @@ pub fn start_on(
             let engine = shard.engine.clone();
             let app2 = app.clone();
             let cpu = shard.cpu;
+            let drain_started = std::cell::Cell::new(false);
             glommio::spawn_local(shard.take_inbox().run(move |msg| match msg {
-                Control::Reload { config, generation, ack } => {
+                Control::Reload {
+                    config,
+                    generation,
+                    ack,
+                } => {
                     let next = ShardContext {
                         shard: cx.shard,
                         shards: cx.shards,
@@ -295,53 +317,41 @@ pub fn start_on(
                         metrics: app2.metrics.snapshot(),
                         mesh_pending: cx.kv.mesh_pending(),
                         connection_tasks: app2.metrics.connections_open(),
-                        oldest_connection_s: app2.engine.oldest_connection_age().map_or(0.0, |d| d.as_secs_f64()),
+                        oldest_connection_s: app2
+                            .engine
+                            .oldest_connection_age()
+                            .map_or(0.0, |d| d.as_secs_f64()),
                     });
                 }
                 Control::Drain { deadline, handoff } => {
-                    // A hot restart's successor accepts from now on. A plain drain keeps
-                    // accepting for a moment (new connections get `Connection: close`,
-                    // `/readyz` says 503), so that a load balancer that has not noticed yet
-                    // gets answers rather than refusals.
-                    let engine = engine.clone();
-                    let done = done_tx.clone();
-                    let acceptors = acceptors.clone();
                     if handoff {
+                        // A successor accepts from now on, on the same sockets.
                         for a in &acceptors {
                             a.stop();
                         }
-                    } else {
-                        let acceptors = acceptors.clone();
-                        let custody = custody.clone();
-                        let grace = deadline
-                            .saturating_duration_since(Instant::now())
-                            .min(drain_accept);
-                        glommio::spawn_local(async move {
-                            glommio::timer::sleep(grace).await;
-                            // Not the sockets a hot-restart successor holds or is being
-                            // handed: those only stop accepting here.
-                            for a in &acceptors {
-                                a.stop_listening(&custody);
-                            }
-                        })
-                        .detach();
                     }
+                    if drain_started.replace(true) {
+                        return;
+                    }
+                    // A plain drain keeps accepting for a moment (new connections get
+                    // `Connection: close`, `/readyz` says 503), so that a load balancer that has
+                    // not noticed yet gets answers rather than refusals.
+                    let accept_for = if handoff {
+                        Duration::ZERO
+                    } else {
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(drain_accept)
+                    };
+                    let shard = DrainingShard {
+                        id,
+                        engine: engine.clone(),
+                        acceptors: acceptors.clone(),
+                        custody: custody.clone(),
+                    };
+                    let done = done_tx.clone();
                     glommio::spawn_local(async move {
-                        let r = engine.drain(&[], deadline, DRAIN_IDLE_GRACE).await;
-                        for a in &acceptors {
-                            a.stop();
-                        }
-                        // A connection the kernel accepted while the stop was on its way is
-                        // served (with `Connection: close`) before the process exits, not reset.
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        futures_lite::future::or(engine.all_closed(), glommio::timer::sleep(left))
-                            .await;
-                        if r.force_closed > 0 {
-                            eprintln!(
-                                "percore: shard {id}: drain deadline passed, force-closed {} of {} connections",
-                                r.force_closed, r.open_at_start
-                            );
-                        }
+                        shard.drain(deadline, accept_for).await;
                         let _ = done.send(()).await;
                     })
                     .detach();
@@ -352,6 +362,74 @@ pub fn start_on(
         }
     })?;
     Ok(RunningServer { rt, addrs })
+}
+
+/// What a shard's drain works on.
+struct DrainingShard {
+    id: usize,
+    engine: Engine,
+    acceptors: Vec<Rc<Acceptor>>,
+    custody: Custody,
+}
+
+impl DrainingShard {
+    /// Answers every response with `Connection: close` from now on (idle keep-alive connections
+    /// close after [`DRAIN_IDLE_GRACE`]), keeps accepting for `accept_for` (new connections are
+    /// served, and closed, like the rest), then stops listening, and returns once every
+    /// connection has closed, or at `deadline`, when the ones left are closed by force.
+    ///
+    /// An idle shard too keeps accepting for all of `accept_for`: a client that connects just
+    /// after the signal is answered, not refused. When listening stops, the connections already
+    /// waiting in the accept queue are taken and served, not reset (see
+    /// [`Acceptor::stop_listening`]); if a hot-restart successor holds the sockets, they go on
+    /// listening there and this shard only stops accepting.
+    async fn drain(self, deadline: Instant, accept_for: Duration) {
+        let DrainingShard {
+            id,
+            engine,
+            acceptors,
+            custody,
+        } = self;
+        let accepted_before = engine.stats().accepted;
+        let accepting = async {
+            glommio::timer::sleep(accept_for).await;
+            for a in &acceptors {
+                a.stop_listening(&custody);
+            }
+        };
+        let (report, ()) =
+            futures_lite::future::zip(engine.drain(&[], deadline, DRAIN_IDLE_GRACE), accepting)
+                .await;
+        // `Engine::drain` returns as soon as no connection is open, which an idle shard is at
+        // once: connections accepted after that (in the window above, or by the kernel while
+        // the accept was being cancelled) get until the deadline too. (If it reached the
+        // deadline instead, it has closed every connection by force already.)
+        let mut forced = report.force_closed;
+        if forced == 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let all_closed = futures_lite::future::or(
+                async {
+                    engine.all_closed().await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(left).await;
+                    false
+                },
+            )
+            .await;
+            if !all_closed {
+                forced = engine.force_close_all();
+            }
+        }
+        if forced > 0 {
+            let accepted = engine.stats().accepted - accepted_before;
+            eprintln!(
+                "percore: shard {id}: drain deadline passed, force-closed {forced} of {} connections",
+                report.open_at_start as u64 + accepted
+            );
+        }
+    }
 }
 
 /// Runs `percore serve` in the foreground until drained.
