@@ -152,7 +152,10 @@ impl RuntimeBuilder {
                 source: e,
             })?;
             let efd_raw = efd.as_raw_fd();
-            inboxes.push(Inbox { tx, efd });
+            inboxes.push(Inbox {
+                tx,
+                efd: Arc::new(efd),
+            });
             let efd_dup = rustix_dup(efd_raw).map_err(|e| Error::Shard {
                 shard: id,
                 source: e,
@@ -335,7 +338,9 @@ fn install_panic_hook() {
 
 struct Inbox<C> {
     tx: mpsc::Sender<C>,
-    efd: OwnedFd,
+    /// Shared with every [`ControlHandle`]: making a handle allocates no descriptor, so it
+    /// cannot fail when the process is out of them.
+    efd: Arc<OwnedFd>,
 }
 
 /// The running shards, seen from the control thread.
@@ -408,7 +413,7 @@ impl<C: Send + 'static> Runtime<C> {
             inner: Arc::new(
                 self.inboxes
                     .iter()
-                    .map(|i| (i.tx.clone(), i.efd.try_clone().expect("dup eventfd")))
+                    .map(|i| (i.tx.clone(), i.efd.clone()))
                     .collect(),
             ),
         }
@@ -436,7 +441,7 @@ impl<C: Send + 'static> Runtime<C> {
 
 /// Sends control messages to shards from any thread.
 pub struct ControlHandle<C> {
-    inner: Arc<Vec<(mpsc::Sender<C>, OwnedFd)>>,
+    inner: Arc<Vec<(mpsc::Sender<C>, Arc<OwnedFd>)>>,
 }
 
 impl<C> Clone for ControlHandle<C> {
@@ -540,5 +545,29 @@ impl<C> Shard<C> {
     /// Stalls detected so far on all shards.
     pub fn stalls(&self) -> u64 {
         self.stalls.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control handle is made after start-up too (the server makes its own once it serves),
+    /// when clients may have taken every descriptor: making one must not need a new one. It
+    /// used to duplicate each inbox's eventfd and panic on EMFILE, killing the server.
+    #[test]
+    fn control_handles_share_the_inbox_eventfds() {
+        let rt = RuntimeBuilder::default()
+            .cpus(CpuSelection::Count(1))
+            .spawn(
+                Arc::new(ListenerTable::default()),
+                |_shard: Shard<()>| async {},
+            )
+            .unwrap();
+        let (a, b) = (rt.control(), rt.control());
+        assert!(Arc::ptr_eq(&a.inner[0].1, &rt.inboxes[0].efd));
+        assert!(Arc::ptr_eq(&b.inner[0].1, &rt.inboxes[0].efd));
+        drop((a, b));
+        rt.wait().unwrap();
     }
 }
