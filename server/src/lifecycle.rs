@@ -64,7 +64,8 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// A running process; `start_drain` tells the shards to drain (see [`StartDrain`]).
+    /// A running process; `start_drain(handoff)` tells the shards to drain: `true` for a drain
+    /// after a hot restart (stop accepting at once), `false` for a plain one.
     pub fn new(
         drain_timeout: Duration,
         start_drain: impl Fn(bool) + Send + Sync + 'static,
