@@ -59,31 +59,6 @@ fn each_bad_request_gets_its_status_and_a_closed_connection() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A HEAD request's error response has no body (RFC 9110 §9.3.2), also when empty lines come
-/// before its request line.
-#[test]
-fn a_bad_head_request_gets_an_error_without_a_body() {
-    let srv = Server::start(&["--cpus", "0"]);
-    for req in [
-        "HEAD / HTTP/1.1\r\n\r\n",
-        "\r\nHEAD / HTTP/1.1\r\n\r\n",
-        "\r\n\r\nHEAD / HTTP/1.1\r\n\r\n",
-    ] {
-        let mut s = srv.connect();
-        let out = exchange_until_close(&mut s, req.as_bytes());
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("HTTP/1.1 400 "), "{req:?}: {text:?}");
-        assert!(
-            text.to_ascii_lowercase().contains("\r\ncontent-length: "),
-            "{text:?}"
-        );
-        assert!(
-            text.ends_with("\r\n\r\n"),
-            "{req:?}: a body follows the head: {text:?}"
-        );
-    }
-}
-
 #[test]
 fn target_too_long_and_header_section_too_large() {
     let srv = Server::start(&["--cpus", "0"]);

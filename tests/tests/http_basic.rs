@@ -123,11 +123,15 @@ fn unknown_methods_connect_and_options_asterisk() {
     assert_eq!(rs[6].body, b"Hello, World!");
 }
 
+/// RFC 9110 §9.3.2, also when empty lines come before the request line (which the server
+/// skips before it knows the method).
 #[test]
 fn error_answers_to_head_have_no_content() {
     let srv = Server::start(&["--cpus", "0"]);
     for req in [
         "HEAD / HTTP/1.1\r\n\r\n",
+        "\r\nHEAD / HTTP/1.1\r\n\r\n",
+        "\r\n\r\nHEAD / HTTP/1.1\r\n\r\n",
         "HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         "HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
     ] {
