@@ -63,19 +63,27 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn ten_upgrades_under_load_lose_nothing() {
-    let dir = temp_dir("upgrade");
+/// Starts a server on CPU 0 that can be hot-restarted: a pid file and a control socket in
+/// `dir`, plus `extra` arguments. Returns it and its pid file.
+fn start_upgradable(dir: &std::path::Path, extra: &[&str]) -> (Server, std::path::PathBuf) {
     let pid_file = dir.join("percore.pid");
     let ctl = dir.join("control.sock");
-    let srv = Server::start(&[
+    let mut args = vec![
         "--cpus",
         "0",
         "--pid-file",
         pid_file.to_str().unwrap(),
         "--control-socket",
         ctl.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    (Server::start(&args), pid_file)
+}
+
+#[test]
+fn ten_upgrades_under_load_lose_nothing() {
+    let dir = temp_dir("upgrade");
+    let (srv, pid_file) = start_upgradable(&dir, &[]);
     let json = dir.join("load.json");
     let load = Command::new(bench_bin())
         .args([
@@ -203,20 +211,9 @@ mod serde_json_lite {
 #[test]
 fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
     let dir = temp_dir("upgrade-fail");
-    let pid_file = dir.join("percore.pid");
-    let ctl = dir.join("control.sock");
     let cfg = dir.join("percore.toml");
     std::fs::write(&cfg, "[server]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
-    let mut srv = Server::start(&[
-        "--cpus",
-        "0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "--control-socket",
-        ctl.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let (mut srv, pid_file) = start_upgradable(&dir, &["--config", cfg.to_str().unwrap()]);
     let old = read_pid(&pid_file).unwrap();
     let rx = stderr_lines(&mut srv);
     std::fs::write(
@@ -260,16 +257,8 @@ fn a_successor_with_a_bad_config_leaves_the_old_process_serving() {
 #[test]
 fn a_second_sigusr2_during_an_upgrade_is_ignored() {
     let dir = temp_dir("upgrade-twice");
-    let pid_file = dir.join("percore.pid");
+    let (mut srv, pid_file) = start_upgradable(&dir, &[]);
     let ctl = dir.join("control.sock");
-    let mut srv = Server::start(&[
-        "--cpus",
-        "0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "--control-socket",
-        ctl.to_str().unwrap(),
-    ]);
     let old = read_pid(&pid_file).unwrap();
     let rx = stderr_lines(&mut srv);
     // SAFETY: kill(2) on our own child.
@@ -370,22 +359,10 @@ fn wait_line(rx: &mpsc::Receiver<String>, what: &str, seen: &mut Vec<String>) ->
 /// spin on failing accepts.
 fn sigterm_during_a_hot_restart(tag: &str, moment: &str) {
     let dir = temp_dir(tag);
-    let pid_file = dir.join("percore.pid");
-    let ctl = dir.join("control.sock");
     // `--drain-accept 0s`: a plain drain would stop listening at once, the harshest case for
     // sockets a successor shares.
-    let mut srv = Server::start(&[
-        "--cpus",
-        "0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "--control-socket",
-        ctl.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-        "--drain-accept",
-        "0s",
-    ]);
+    let (mut srv, pid_file) =
+        start_upgradable(&dir, &["--admin", "127.0.0.1:0", "--drain-accept", "0s"]);
     let old = read_pid(&pid_file).unwrap();
     let rx = stderr_lines(&mut srv);
     let stop = Arc::new(AtomicBool::new(false));
