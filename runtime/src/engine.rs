@@ -788,6 +788,21 @@ impl Engine {
         .await
     }
 
+    /// Waits until no connection is open, or until `by`; true if they all closed.
+    pub async fn all_closed_by(&self, by: Instant) -> bool {
+        futures_lite::future::or(
+            async {
+                self.all_closed().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(by.saturating_duration_since(Instant::now())).await;
+                false
+            },
+        )
+        .await
+    }
+
     /// Drains: stops the acceptors, closes idle connections, lets busy ones finish until
     /// `deadline`, then force-closes (shuts down) the sockets of what is left.
     ///
@@ -805,33 +820,11 @@ impl Engine {
         }
         let open = self.begin_drain();
         let grace = (Instant::now() + idle_grace).min(deadline);
-        let all_gone = futures_lite::future::or(
-            async {
-                self.all_closed().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(grace.saturating_duration_since(Instant::now())).await;
-                false
-            },
-        )
-        .await;
+        let all_gone = self.all_closed_by(grace).await;
         if !all_gone {
             self.close_idle();
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let graceful = all_gone
-            || futures_lite::future::or(
-                async {
-                    self.all_closed().await;
-                    true
-                },
-                async {
-                    glommio::timer::sleep(left).await;
-                    false
-                },
-            )
-            .await;
+        let graceful = all_gone || self.all_closed_by(deadline).await;
         let mut forced = 0;
         if !graceful {
             // Sockets are shut down now (peers see the close at once); tasks still holding a

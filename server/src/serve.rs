@@ -405,22 +405,8 @@ impl DrainingShard {
         // the accept was being cancelled) get until the deadline too. (If it reached the
         // deadline instead, it has closed every connection by force already.)
         let mut forced = report.force_closed;
-        if forced == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let all_closed = futures_lite::future::or(
-                async {
-                    engine.all_closed().await;
-                    true
-                },
-                async {
-                    glommio::timer::sleep(left).await;
-                    false
-                },
-            )
-            .await;
-            if !all_closed {
-                forced = engine.force_close_all();
-            }
+        if forced == 0 && !engine.all_closed_by(deadline).await {
+            forced = engine.force_close_all();
         }
         if forced > 0 {
             let accepted = engine.stats().accepted - accepted_before;
