@@ -128,17 +128,23 @@ fn unknown_methods_connect_and_options_asterisk() {
 #[test]
 fn error_answers_to_head_have_no_content() {
     let srv = Server::start(&["--cpus", "0"]);
-    for req in [
-        "HEAD / HTTP/1.1\r\n\r\n",
-        "\r\nHEAD / HTTP/1.1\r\n\r\n",
-        "\r\n\r\nHEAD / HTTP/1.1\r\n\r\n",
-        "HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        "HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+    for (req, status) in [
+        ("HEAD / HTTP/1.1\r\n\r\n", "400"),
+        ("\r\nHEAD / HTTP/1.1\r\n\r\n", "400"),
+        ("\r\n\r\nHEAD / HTTP/1.1\r\n\r\n", "400"),
+        ("HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+        (
+            "HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+            "413",
+        ),
     ] {
         let mut s = srv.connect();
         let out = exchange_until_close(&mut s, req.as_bytes());
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("HTTP/1.1 4"), "{req:?}: {text}");
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{req:?}: {text}"
+        );
         assert!(text.contains("Connection: close\r\n"), "{req:?}: {text}");
         assert!(text.contains("Content-Length: "), "{req:?}: {text}");
         assert!(
